@@ -1,0 +1,186 @@
+"""The ``rpmstore`` command: the composition root that builds settings and wires the parts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+import psycopg
+
+from rpmstore.localstack import stack
+from rpmstore.localstack.errors import StackNotRunningError, StackUnavailableError
+from rpmstore.logs import configure_logging
+from rpmstore.settings import Settings
+from schema.edition import TimescaleMissingError, detect_edition
+from schema.migrate import MigrationError, Migrator
+
+# Errors a user can act on: printed as one line, exit status 2, no traceback.
+_USER_ERRORS = (
+    StackUnavailableError,
+    StackNotRunningError,
+    MigrationError,
+    TimescaleMissingError,
+    psycopg.OperationalError,
+)
+
+
+def _database_url(settings: Settings) -> str:
+    return stack.urls(settings).database_url
+
+
+def _db_up(settings: Settings, _args: argparse.Namespace) -> int:
+    urls = stack.up(settings)
+    print(
+        f"up ({stack.choose_backend(settings)}): DATABASE_URL and MQTT_URL from 'rpmstore db url'"
+    )
+    with psycopg.connect(urls.database_url) as conn:
+        edition = detect_edition(conn)
+    print(
+        f"PostgreSQL {edition.postgres_version}, TimescaleDB {edition.timescaledb_version} "
+        f"({edition.license} edition)"
+    )
+    return 0
+
+
+def _db_down(settings: Settings, _args: argparse.Namespace) -> int:
+    stack.down(settings)
+    print("down")
+    return 0
+
+
+def _db_status(settings: Settings, _args: argparse.Namespace) -> int:
+    servers = stack.server_status(settings)
+    print(f"backend:     {servers.backend}")
+    print(f"postgres:    {'running' if servers.postgres_running else 'stopped'}")
+    if servers.mosquitto_running is not None:
+        print(f"mosquitto:   {'running' if servers.mosquitto_running else 'stopped'}")
+    if not servers.postgres_running:
+        return 1
+    with psycopg.connect(_database_url(settings), connect_timeout=10) as conn:
+        edition = detect_edition(conn)
+    print(f"PostgreSQL:  {edition.postgres_version}")
+    print(f"TimescaleDB: {edition.timescaledb_version}")
+    print(f"edition:     {edition.license}")
+    return 0
+
+
+def _db_url(settings: Settings, args: argparse.Namespace) -> int:
+    urls = stack.urls(settings)
+    prefix = "export " if args.export else ""
+    pairs = {
+        "DATABASE_URL": urls.database_url,
+        "ADMIN_DATABASE_URL": urls.admin_database_url,
+        "MQTT_URL": urls.mqtt_url,
+        "MQTT_GATEWAY_URL": urls.mqtt_gateway_url,
+    }
+    for name, value in pairs.items():
+        if value is not None:
+            print(f"{prefix}{name}='{value}'")
+    return 0
+
+
+def _migrator(settings: Settings, conn: psycopg.Connection) -> Migrator:
+    return Migrator(conn, lock_timeout_s=settings.migrate_lock_timeout_s)
+
+
+def _migrate_status(settings: Settings, _args: argparse.Namespace) -> int:
+    with psycopg.connect(_database_url(settings), autocommit=True) as conn:
+        states = _migrator(settings, conn).status()
+    for state in states:
+        applied = f"  applied {state.applied_at:%Y-%m-%d %H:%M:%S%z}" if state.applied_at else ""
+        print(f"{state.version:04d}_{state.name:<30} {state.status}{applied}")
+    return 0 if all(s.status in ("applied", "pending") for s in states) else 1
+
+
+def _migrate_up(settings: Settings, args: argparse.Namespace) -> int:
+    with psycopg.connect(_database_url(settings), autocommit=True) as conn:
+        applied = _migrator(settings, conn).up(target=args.to)
+    print("\n".join(f"applied {m.label}" for m in applied) or "schema is up to date")
+    return 0
+
+
+def _migrate_down(settings: Settings, args: argparse.Namespace) -> int:
+    with psycopg.connect(_database_url(settings), autocommit=True) as conn:
+        reverted = _migrator(settings, conn).down(args.steps)
+    print("\n".join(f"reverted {m.label}" for m in reverted) or "nothing to revert")
+    return 0
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn  # imported here: only this command needs the server
+
+    from api.app import create_app
+
+    app = create_app(database_url=_database_url(settings))
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+    return 0
+
+
+def _demo(settings: Settings, _args: argparse.Namespace) -> int:
+    from rpmstore.demo import run_demo
+
+    run_demo(_database_url(settings))
+    return 0
+
+
+Handler = Callable[[Settings, argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rpmstore", description="Remote patient monitoring store on TimescaleDB."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    db = commands.add_parser("db", help="the embedded TimescaleDB + Mosquitto stack")
+    db_actions = db.add_subparsers(dest="action", required=True, metavar="ACTION")
+    db_actions.add_parser("up", help="start (building on first use); idempotent").set_defaults(
+        handler=_db_up
+    )
+    db_actions.add_parser("down", help="stop both servers").set_defaults(handler=_db_down)
+    db_actions.add_parser("status", help="servers, versions and edition").set_defaults(
+        handler=_db_status
+    )
+    url = db_actions.add_parser("url", help="print the connection URLs (they hold passwords)")
+    url.add_argument("--export", action="store_true", help="prefix lines with 'export'")
+    url.set_defaults(handler=_db_url)
+
+    migrate = commands.add_parser("migrate", help="schema migrations")
+    migrate_actions = migrate.add_subparsers(dest="action", metavar="ACTION")
+    migrate.set_defaults(handler=_migrate_status)
+    migrate_actions.add_parser("status", help="applied and pending migrations").set_defaults(
+        handler=_migrate_status
+    )
+    up = migrate_actions.add_parser("up", help="apply pending migrations")
+    up.add_argument("--to", type=int, default=None, metavar="VERSION", help="stop at VERSION")
+    up.set_defaults(handler=_migrate_up)
+    down = migrate_actions.add_parser("down", help="revert the newest N migrations")
+    down.add_argument("steps", type=int, metavar="N")
+    down.set_defaults(handler=_migrate_down)
+
+    serve = commands.add_parser("serve", help="run the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(handler=_serve)
+
+    commands.add_parser(
+        "demo", help="register a patient and devices, store readings, read them back"
+    ).set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    handler: Handler = args.handler
+    try:
+        return handler(settings, args)
+    except _USER_ERRORS as exc:
+        print(f"rpmstore: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

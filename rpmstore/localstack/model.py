@@ -1,0 +1,28 @@
+"""Plain data describing a running stack, shared by its back ends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Backend = Literal["external", "docker", "chroot"]
+
+OWNER_ROLE = "rpmstore"
+DATABASE = "rpmstore"
+
+
+@dataclass(frozen=True)
+class StackUrls:
+    """Connection URLs for the running stack; passwords included, so print them with care."""
+
+    database_url: str
+    admin_database_url: str | None
+    mqtt_url: str
+    mqtt_gateway_url: str | None
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    backend: Backend
+    postgres_running: bool
+    mosquitto_running: bool | None

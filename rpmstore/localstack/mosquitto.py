@@ -1,0 +1,165 @@
+"""A Mosquitto broker from the Debian root, on a loopback port, with the shipped ingest policy."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from rpmstore.localstack.debian_root import STATE_DIR_IN_ROOT, DebianRoot
+from rpmstore.localstack.errors import StackUnavailableError
+
+log = logging.getLogger(__name__)
+
+INGEST_USER = "rpmstore-ingest"
+GATEWAY_USER = "rpmstore-gateway"
+
+
+def _shipped_policy(name: str) -> str:
+    return (resources.files("ingest") / "broker" / name).read_text()
+
+
+@dataclass(frozen=True)
+class MosquittoInstance:
+    root: DebianRoot
+    name: str
+    port: int
+
+    @property
+    def _dir(self) -> str:
+        return f"{STATE_DIR_IN_ROOT}/instances/{self.name}/mosquitto"
+
+    @property
+    def _pid_file(self) -> Path:
+        return self.root.host_path(f"{self._dir}/mosquitto.pid")
+
+    @property
+    def log_file(self) -> Path:
+        return self.root.host_path(f"{self._dir}/mosquitto.log")
+
+    def configure(self, passwords: dict[str, str]) -> None:
+        """Write the main config, the shipped policy and a hashed password file."""
+        account = self.root.account("mosquitto")
+        self.root.make_private_dir(self._dir, account)
+        self.root.make_private_dir(f"{self._dir}/data", account)
+        files = {
+            "mosquitto.conf": (
+                "# Written by rpmstore; policy comes from ingest/broker/limits.conf.\n"
+                f"listener {self.port} 127.0.0.1\n"
+                f"password_file {self._dir}/passwd\n"
+                f"acl_file {self._dir}/acl\n"
+                f"persistence_location {self._dir}/data/\n"
+                f"log_dest file {self._dir}/mosquitto.log\n"
+                "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+                "connection_messages true\n"
+                f"{_shipped_policy('limits.conf')}"
+            ),
+            "acl": _shipped_policy("acl"),
+            # Plain text first; mosquitto_passwd -U then hashes it in place.
+            "passwd": "".join(f"{user}:{password}\n" for user, password in passwords.items()),
+        }
+        for file_name, text in files.items():
+            host = self.root.host_path(f"{self._dir}/{file_name}")
+            host.write_text(text)
+            os.chown(host, account.uid, account.gid)
+            host.chmod(0o600)
+        try:
+            self.root.run(account, ["/usr/bin/mosquitto_passwd", "-U", f"{self._dir}/passwd"])
+        except subprocess.CalledProcessError as exc:
+            raise StackUnavailableError(f"mosquitto_passwd failed: {exc.stderr.strip()}") from exc
+
+    def is_configured(self) -> bool:
+        return self.root.host_path(f"{self._dir}/mosquitto.conf").exists()
+
+    def pid(self) -> int | None:
+        """The broker's pid when it is alive, else None (stale pid files are ignored)."""
+        try:
+            pid = int(self._pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        # A stale pid file may name a pid the kernel has since given to another program.
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            return None
+        if b"mosquitto" not in cmdline:
+            return None
+        try:
+            status = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        except (FileNotFoundError, IndexError):
+            return None
+        return None if status == "Z" else pid
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self) -> None:
+        """Start the broker in its own session (it outlives this process) and wait for its port."""
+        if self.is_running():
+            return
+        with self.log_file.open("ab") as early_output:
+            process = subprocess.Popen(
+                self.root.command(
+                    self.root.account("mosquitto"),
+                    ["/usr/sbin/mosquitto", "-c", f"{self._dir}/mosquitto.conf"],
+                ),
+                stdin=subprocess.DEVNULL,
+                stdout=early_output,
+                stderr=early_output,
+                start_new_session=True,
+            )
+        # chroot and env exec the broker, so the child's pid is the broker's pid.
+        self._pid_file.write_text(f"{process.pid}\n")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise StackUnavailableError(
+                    f"mosquitto exited with status {process.returncode}: {self._log_tail()}"
+                )
+            if _port_open(self.port):
+                log.info("mosquitto started", extra={"instance": self.name, "port": self.port})
+                return
+            time.sleep(0.05)
+        raise StackUnavailableError(f"mosquitto did not open port {self.port}: {self._log_tail()}")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop the broker (SIGTERM saves its persistence file; SIGKILL simulates a crash)."""
+        pid = self.pid()
+        if pid is None:
+            return
+        os.kill(pid, sig)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                reaped, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                reaped = 0  # not our child: fall back to probing the pid
+            if reaped or self.pid() is None:
+                self._pid_file.unlink(missing_ok=True)
+                log.info("mosquitto stopped", extra={"instance": self.name, "signal": sig.name})
+                return
+            time.sleep(0.05)
+        raise StackUnavailableError(f"mosquitto (pid {pid}) did not stop within 20 s")
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root.host_path(self._dir), ignore_errors=True)
+
+    def _log_tail(self, lines: int = 10) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex(("127.0.0.1", port)) == 0

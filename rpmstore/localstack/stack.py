@@ -1,0 +1,211 @@
+"""``rpmstore db up|down|status|url``: the embedded TimescaleDB + Mosquitto, or existing servers.
+
+Three ways to get servers, chosen in this order:
+1. ``DATABASE_URL`` and ``MQTT_URL`` set: existing servers, nothing is started.
+2. A working Docker engine and the repository's docker-compose.yml: ``docker compose up``.
+3. Root on a Debian-family machine: a cached Debian trixie root, servers started with chroot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from rpmstore.localstack import docker, provision
+from rpmstore.localstack.debian_root import DebianRoot, ensure_root
+from rpmstore.localstack.errors import StackNotRunningError
+from rpmstore.localstack.model import (
+    DATABASE,
+    OWNER_ROLE,
+    Backend,
+    ServerStatus,
+    StackUrls,
+)
+from rpmstore.localstack.mosquitto import GATEWAY_USER, INGEST_USER, MosquittoInstance
+from rpmstore.localstack.postgres import SUPERUSER, PostgresInstance, new_password
+from rpmstore.settings import Settings
+
+log = logging.getLogger(__name__)
+
+INSTANCE = "default"
+
+
+@dataclass(frozen=True)
+class ChrootState:
+    """What must survive between ``db up`` calls: ports, the root in use and generated secrets."""
+
+    root: str
+    pg_port: int
+    mqtt_port: int
+    superuser_password: str
+    owner_password: str
+    mqtt_passwords: dict[str, str]
+
+
+def postgres_url(user: str, password: str, port: int, database: str) -> str:
+    credentials = f"{quote(user, safe='')}:{quote(password, safe='')}"
+    return f"postgresql://{credentials}@127.0.0.1:{port}/{database}"
+
+
+def mqtt_url(user: str, password: str, port: int) -> str:
+    return f"mqtt://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{port}"
+
+
+def choose_backend(settings: Settings) -> Backend:
+    if settings.database_url and settings.mqtt_url:
+        return "external"
+    if settings.stack == "docker" or (settings.stack == "auto" and docker.engine_available()):
+        return "docker"
+    return "chroot"
+
+
+def _state_path(settings: Settings) -> Path:
+    return settings.home / "stack.json"
+
+
+def _load_state(settings: Settings) -> ChrootState | None:
+    try:
+        raw = json.loads(_state_path(settings).read_text())
+    except FileNotFoundError:
+        return None
+    return ChrootState(**raw)
+
+
+def _save_state(settings: Settings, state: ChrootState) -> None:
+    path = _state_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    # Owner-only permissions from the first byte: the file holds the generated passwords.
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(asdict(state), handle, indent=2)
+    temporary.replace(path)
+
+
+def _chroot_servers(state: ChrootState) -> tuple[PostgresInstance, MosquittoInstance]:
+    root = DebianRoot(Path(state.root))
+    return (
+        PostgresInstance(root, INSTANCE, state.pg_port),
+        MosquittoInstance(root, INSTANCE, state.mqtt_port),
+    )
+
+
+def _chroot_urls(state: ChrootState) -> StackUrls:
+    return StackUrls(
+        database_url=postgres_url(OWNER_ROLE, state.owner_password, state.pg_port, DATABASE),
+        admin_database_url=postgres_url(
+            SUPERUSER, state.superuser_password, state.pg_port, DATABASE
+        ),
+        mqtt_url=mqtt_url(INGEST_USER, state.mqtt_passwords[INGEST_USER], state.mqtt_port),
+        mqtt_gateway_url=mqtt_url(
+            GATEWAY_USER, state.mqtt_passwords[GATEWAY_USER], state.mqtt_port
+        ),
+    )
+
+
+def _chroot_up(settings: Settings) -> StackUrls:
+    root = ensure_root(settings.home)
+    state = _load_state(settings)
+    if state is None or state.root != str(root.path):
+        if state is not None:
+            log.warning(
+                "the Debian root recipe changed; the old root keeps its data: %s", state.root
+            )
+        state = ChrootState(
+            root=str(root.path),
+            pg_port=settings.pg_port,
+            mqtt_port=settings.mqtt_port,
+            superuser_password=new_password(),
+            owner_password=new_password(),
+            mqtt_passwords={INGEST_USER: new_password(), GATEWAY_USER: new_password()},
+        )
+        _save_state(settings, state)
+    postgres, mosquitto = _chroot_servers(state)
+    if not postgres.is_initialized():
+        postgres.initialize(state.superuser_password)
+    postgres.start()
+    # Rewritten on every up: cheap, and it picks up a changed shipped broker policy.
+    mosquitto.configure(state.mqtt_passwords)
+    mosquitto.start()
+    return _chroot_urls(state)
+
+
+def provision_database(admin_database_url: str, owner_password: str) -> None:
+    """Owner role, application database and the TimescaleDB extension; all idempotent."""
+    with psycopg.connect(
+        make_conninfo(admin_database_url, dbname="postgres"), autocommit=True
+    ) as admin:
+        provision.ensure_owner_role(admin, OWNER_ROLE, owner_password)
+        provision.ensure_database(admin, DATABASE, OWNER_ROLE)
+    with psycopg.connect(admin_database_url, autocommit=True) as admin_on_database:
+        provision.ensure_timescaledb(admin_on_database)
+
+
+def up(settings: Settings) -> StackUrls:
+    """Start (or adopt) the servers and make sure the application database exists. Idempotent."""
+    backend = choose_backend(settings)
+    if backend == "external":
+        log.info("using existing servers from DATABASE_URL and MQTT_URL; nothing to start")
+        return urls(settings)
+    stack_urls = docker.up(settings) if backend == "docker" else _chroot_up(settings)
+    assert stack_urls.admin_database_url is not None  # both local back ends know the superuser
+    owner_password = psycopg.conninfo.conninfo_to_dict(stack_urls.database_url)["password"]
+    provision_database(stack_urls.admin_database_url, str(owner_password))
+    return stack_urls
+
+
+def down(settings: Settings) -> None:
+    backend = choose_backend(settings)
+    if backend == "external":
+        log.info("DATABASE_URL and MQTT_URL point at existing servers; nothing to stop")
+    elif backend == "docker":
+        docker.down(settings)
+    elif (state := _load_state(settings)) is not None:
+        postgres, mosquitto = _chroot_servers(state)
+        mosquitto.stop()
+        postgres.stop()
+
+
+def _local_urls(settings: Settings) -> StackUrls | None:
+    if choose_backend(settings) == "docker":
+        return docker.urls(settings)
+    state = _load_state(settings)
+    return _chroot_urls(state) if state is not None else None
+
+
+def urls(settings: Settings) -> StackUrls:
+    """The URLs processes should use: explicit settings win over the local stack's."""
+    local = _local_urls(settings)
+    database_url = settings.database_url or (local.database_url if local else None)
+    broker_url = settings.mqtt_url or (local.mqtt_url if local else None)
+    if database_url is None or broker_url is None:
+        raise StackNotRunningError(
+            "no database configured: run 'rpmstore db up' for the embedded stack, "
+            "or set DATABASE_URL and MQTT_URL to existing servers"
+        )
+    return StackUrls(
+        database_url=database_url,
+        admin_database_url=local.admin_database_url if local else None,
+        mqtt_url=broker_url,
+        mqtt_gateway_url=local.mqtt_gateway_url if local else None,
+    )
+
+
+def server_status(settings: Settings) -> ServerStatus:
+    backend = choose_backend(settings)
+    if backend == "docker":
+        return docker.server_status(settings)
+    if backend == "external":
+        return ServerStatus(backend, postgres_running=True, mosquitto_running=None)
+    state = _load_state(settings)
+    if state is None:
+        return ServerStatus(backend, postgres_running=False, mosquitto_running=False)
+    postgres, mosquitto = _chroot_servers(state)
+    return ServerStatus(backend, postgres.is_running(), mosquitto.is_running())

@@ -1,0 +1,403 @@
+-- Canonical schema: the whole current rpmstore schema in one file, for reading and for the
+-- test that proves it equals the result of applying every migration in order. Any migration
+-- that changes the schema changes this file in the same commit.
+--
+-- Relational tables for patients, devices, care teams, the metric catalogue, alert rules, alerts,
+-- the audit log and the ingest quarantine; one hypertable for readings.
+-- Conventions: created_at/updated_at on every mutable table; deleted_at (soft delete) where a row
+-- must stay for history (readings and alerts keep pointing at it); CHECK constraints instead of
+-- enum types so later migrations can widen a list inside a transaction.
+
+CREATE EXTENSION IF NOT EXISTS timescaledb;
+-- btree_gist lets one exclusion constraint mix equality (device) and overlap (validity period).
+CREATE EXTENSION IF NOT EXISTS btree_gist;
+
+CREATE SCHEMA rpm;
+
+CREATE FUNCTION rpm.touch_updated_at() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Patients. patient_id is a pseudonymous key; identifying details live in patient_identities so
+-- they can be access-controlled and erased apart from the clinical record.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE rpm.patients (
+    patient_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    deleted_at timestamptz
+);
+
+CREATE TABLE rpm.patient_identities (
+    patient_id  uuid PRIMARY KEY REFERENCES rpm.patients (patient_id) ON DELETE CASCADE,
+    given_name  text,
+    family_name text,
+    birth_date  date,
+    sex         text CHECK (sex IN ('female', 'male', 'other', 'unknown')),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- External identifiers (MRN per issuing system). Deliberately not unique on (system, value):
+-- duplicate registrations happen in hospitals until a merge; importers must detect the ambiguity
+-- and quarantine rather than guess, which they can only do if the database can represent it.
+CREATE TABLE rpm.patient_identifiers (
+    identifier_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    patient_id    uuid NOT NULL REFERENCES rpm.patients (patient_id),
+    system        text NOT NULL CHECK (system <> ''),
+    value         text NOT NULL CHECK (value <> ''),
+    type_code     text NOT NULL DEFAULT 'MR',  -- HL7 v2 table 0203: MR = medical record number
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    deleted_at    timestamptz,
+    CONSTRAINT patient_identifiers_once_per_patient UNIQUE (patient_id, system, value)
+);
+CREATE INDEX patient_identifiers_lookup ON rpm.patient_identifiers (system, value)
+    WHERE deleted_at IS NULL;
+
+-- ---------------------------------------------------------------------------------------------
+-- Care teams and their members. A clinician sees the patients of the teams they belong to.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE rpm.care_teams (
+    care_team_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    name         text NOT NULL CHECK (name <> ''),
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    deleted_at   timestamptz
+);
+CREATE UNIQUE INDEX care_teams_name ON rpm.care_teams (name) WHERE deleted_at IS NULL;
+
+CREATE TABLE rpm.clinicians (
+    clinician_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    subject      text NOT NULL UNIQUE CHECK (subject <> ''),  -- OIDC "sub" claim
+    display_name text NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    deleted_at   timestamptz
+);
+
+CREATE TABLE rpm.care_team_members (
+    care_team_id uuid NOT NULL REFERENCES rpm.care_teams (care_team_id),
+    clinician_id uuid NOT NULL REFERENCES rpm.clinicians (clinician_id),
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (care_team_id, clinician_id)
+);
+CREATE INDEX care_team_members_by_clinician ON rpm.care_team_members (clinician_id);
+
+CREATE TABLE rpm.care_team_patients (
+    care_team_id uuid NOT NULL REFERENCES rpm.care_teams (care_team_id),
+    patient_id   uuid NOT NULL REFERENCES rpm.patients (patient_id),
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (care_team_id, patient_id)
+);
+CREATE INDEX care_team_patients_by_patient ON rpm.care_team_patients (patient_id);
+
+-- ---------------------------------------------------------------------------------------------
+-- Devices and their assignment to patients over time.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE rpm.devices (
+    device_id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    kind              text NOT NULL CHECK (kind IN ('bp_cuff', 'pulse_oximeter', 'glucose_meter',
+                                                    'scale', 'thermometer', 'wearable', 'gateway')),
+    manufacturer      text NOT NULL CHECK (manufacturer <> ''),
+    model             text NOT NULL CHECK (model <> ''),
+    serial_number     text NOT NULL CHECK (serial_number <> ''),
+    status            text NOT NULL DEFAULT 'active'
+                          CHECK (status IN ('active', 'suspended', 'retired')),
+    -- SHA-256 of the device's bearer token. Tokens are 256-bit random values issued once, so a
+    -- fast hash is enough (no dictionary to attack) and keeps authentication off the hot path's
+    -- critical section. The token itself is never stored.
+    credential_sha256 bytea NOT NULL UNIQUE CHECK (length(credential_sha256) = 32),
+    credential_issued_at timestamptz NOT NULL DEFAULT now(),
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    updated_at        timestamptz NOT NULL DEFAULT now(),
+    deleted_at        timestamptz,
+    CONSTRAINT devices_serial_once UNIQUE (manufacturer, model, serial_number)
+);
+
+-- A reading is attributed to the patient the device was assigned to at the reading's time
+-- (never by today's assignment), so assignments are periods that may not overlap per device.
+CREATE TABLE rpm.device_assignments (
+    assignment_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    device_id     uuid NOT NULL REFERENCES rpm.devices (device_id),
+    patient_id    uuid NOT NULL REFERENCES rpm.patients (patient_id),
+    valid_during  tstzrange NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT device_assignments_period_shape CHECK (
+        NOT isempty(valid_during)
+        AND lower(valid_during) IS NOT NULL
+        AND lower_inc(valid_during)
+        AND NOT upper_inc(valid_during)
+    ),
+    -- Also the index that answers "which patient had device D at time T".
+    CONSTRAINT device_assignments_no_overlap
+        EXCLUDE USING gist (device_id WITH =, valid_during WITH &&)
+);
+CREATE INDEX device_assignments_by_patient ON rpm.device_assignments (patient_id);
+
+CREATE FUNCTION rpm.patient_for_device_at(p_device_id uuid, p_at timestamptz) RETURNS uuid
+    LANGUAGE sql STABLE PARALLEL SAFE AS
+$$
+    SELECT patient_id
+    FROM rpm.device_assignments
+    WHERE device_id = p_device_id AND valid_during @> p_at
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Metric catalogue: what can be measured, its LOINC code, canonical UCUM unit, plausible range.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE rpm.metrics (
+    metric_id      smallint PRIMARY KEY,  -- compact: stored in every reading row
+    code           text NOT NULL UNIQUE CHECK (code ~ '^[a-z][a-z0-9_]*$'),
+    loinc_code     text NOT NULL UNIQUE CHECK (loinc_code ~ '^[0-9]{1,7}-[0-9]$'),
+    display_name   text NOT NULL,
+    canonical_unit text NOT NULL,  -- UCUM
+    plausible_min  double precision NOT NULL,
+    plausible_max  double precision NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT metrics_plausible_range CHECK (plausible_min < plausible_max)
+);
+
+-- Other codes that mean the same measurement (e.g. LOINC 59408-5, SpO2 by pulse oximetry).
+CREATE TABLE rpm.metric_aliases (
+    alias     text PRIMARY KEY,
+    metric_id smallint NOT NULL REFERENCES rpm.metrics (metric_id)
+);
+
+-- canonical value = value * scale + shift; the canonical unit itself has scale 1, shift 0.
+CREATE TABLE rpm.unit_conversions (
+    metric_id smallint NOT NULL REFERENCES rpm.metrics (metric_id),
+    unit      text NOT NULL,  -- UCUM
+    scale     double precision NOT NULL CHECK (scale > 0),
+    shift     double precision NOT NULL DEFAULT 0,
+    PRIMARY KEY (metric_id, unit)
+);
+
+INSERT INTO rpm.metrics (metric_id, code, loinc_code, display_name, canonical_unit,
+                         plausible_min, plausible_max)
+VALUES (1, 'heart_rate', '8867-4', 'Heart rate', '/min', 20, 300),
+       (2, 'resting_heart_rate', '40443-4', 'Resting heart rate', '/min', 20, 250),
+       (3, 'respiratory_rate', '9279-1', 'Respiratory rate', '/min', 2, 80),
+       (4, 'spo2', '2708-6', 'Oxygen saturation (SpO2)', '%', 30, 100),
+       (5, 'bp_systolic', '8480-6', 'Systolic blood pressure', 'mm[Hg]', 40, 300),
+       (6, 'bp_diastolic', '8462-4', 'Diastolic blood pressure', 'mm[Hg]', 20, 200),
+       (7, 'body_temperature', '8310-5', 'Body temperature', 'Cel', 25, 45),
+       (8, 'body_weight', '29463-7', 'Body weight', 'kg', 0.3, 500),
+       (9, 'body_height', '8302-2', 'Body height', 'cm', 20, 280),
+       (10, 'bmi', '39156-5', 'Body mass index', 'kg/m2', 5, 150),
+       (11, 'glucose_cgm', '99504-3', 'Glucose, interstitial (CGM)', 'mg/dL', 10, 1000),
+       (12, 'steps_24h', '41950-7', 'Steps in 24 hours', '/d', 0, 200000);
+
+INSERT INTO rpm.metric_aliases (alias, metric_id)
+VALUES ('59408-5', 4);
+
+INSERT INTO rpm.unit_conversions (metric_id, unit, scale, shift)
+SELECT metric_id, canonical_unit, 1, 0 FROM rpm.metrics;
+
+INSERT INTO rpm.unit_conversions (metric_id, unit, scale, shift)
+VALUES (7, '[degF]', 5.0 / 9.0, -160.0 / 9.0),   -- (F - 32) * 5/9
+       (8, 'g', 0.001, 0),
+       (8, '[lb_av]', 0.45359237, 0),
+       (9, '[in_i]', 2.54, 0),
+       (11, 'mmol/L', 18.016, 0);
+
+-- ---------------------------------------------------------------------------------------------
+-- Readings: one hypertable. No foreign keys here on purpose: ingest validates device, patient
+-- and metric before COPY, referenced rows are only ever soft-deleted, and three RI triggers per
+-- row would dominate bulk-load cost.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE rpm.ingest_batches (
+    batch_id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    source       text NOT NULL CHECK (source IN ('http', 'mqtt', 'fhir', 'import', 'migration')),
+    ingestor     text NOT NULL,  -- which process wrote it (host:pid)
+    row_count    integer NOT NULL CHECK (row_count >= 0),
+    committed_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Column order puts 8- and 16-byte columns first so rows carry no alignment padding.
+CREATE TABLE rpm.readings (
+    measured_at        timestamptz NOT NULL,  -- measurement time (stored as UTC)
+    received_at        timestamptz NOT NULL,  -- when the server received it
+    value              double precision NOT NULL,  -- in the metric's canonical unit
+    batch_id           bigint NOT NULL,  -- rpm.ingest_batches: lineage of every row
+    device_id          uuid NOT NULL,
+    patient_id         uuid NOT NULL,  -- the device's assignment valid at measured_at
+    metric_id          smallint NOT NULL,
+    utc_offset_minutes smallint CHECK (utc_offset_minutes BETWEEN -1080 AND 1080),
+    client_reading_id  text,  -- the device's own id for the reading, when it sends one
+    CONSTRAINT readings_value_finite CHECK (value NOT IN ('NaN', 'Infinity', '-Infinity'))
+);
+
+SELECT create_hypertable(
+    'rpm.readings',
+    by_range('measured_at', INTERVAL '7 days'),
+    create_default_indexes => false
+);
+
+-- Natural key: a device reports one value per metric per instant. Retries and redeliveries hit
+-- it, so deduplication is a property of the table, not of the writer.
+CREATE UNIQUE INDEX readings_natural_key ON rpm.readings (device_id, metric_id, measured_at);
+-- Per-patient, per-metric time ranges (latest vitals, timelines, alert evaluation).
+CREATE INDEX readings_patient_metric_time ON rpm.readings (patient_id, metric_id, measured_at DESC);
+
+-- ---------------------------------------------------------------------------------------------
+-- Ingest quarantine: every reading that was received but not stored, with the raw bytes.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE rpm.ingest_quarantine (
+    quarantine_id   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    received_at     timestamptz NOT NULL DEFAULT now(),
+    source          text NOT NULL CHECK (source IN ('http', 'mqtt', 'fhir', 'import')),
+    reason          text NOT NULL CHECK (reason ~ '^[a-z][a-z0-9_]*$'),  -- machine-readable
+    detail          text NOT NULL,  -- for a person
+    raw_payload     bytea NOT NULL,  -- exactly the bytes received
+    reading_index   integer,  -- position of the offending reading, when the payload parsed
+    claimed_device  text,  -- device id as the sender claimed it (may be unknown or malformed)
+    topic           text,  -- MQTT topic, when it came over MQTT
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX ingest_quarantine_received ON rpm.ingest_quarantine (received_at);
+CREATE INDEX ingest_quarantine_reason ON rpm.ingest_quarantine (reason, received_at);
+
+-- ---------------------------------------------------------------------------------------------
+-- Alert rules, per-patient overrides, alerts and their lifecycle events.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE rpm.alert_rules (
+    rule_id       uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    name          text NOT NULL CHECK (name <> ''),
+    metric_id     smallint NOT NULL REFERENCES rpm.metrics (metric_id),
+    kind          text NOT NULL CHECK (kind IN ('above', 'below', 'missing_data')),
+    threshold     double precision,  -- above/below, in the metric's canonical unit
+    sustained_for interval NOT NULL DEFAULT '0' CHECK (sustained_for >= '0'),
+    missing_after interval CHECK (missing_after > '0'),  -- missing_data only
+    severity      text NOT NULL CHECK (severity IN ('critical', 'major', 'minor', 'warning')),
+    auto_resolve  boolean NOT NULL DEFAULT true,
+    enabled       boolean NOT NULL DEFAULT true,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    deleted_at    timestamptz,
+    CONSTRAINT alert_rules_parameters CHECK (
+        (kind IN ('above', 'below') AND threshold IS NOT NULL AND missing_after IS NULL)
+        OR (kind = 'missing_data' AND missing_after IS NOT NULL AND threshold IS NULL)
+    )
+);
+
+CREATE TABLE rpm.alert_rule_overrides (
+    rule_id       uuid NOT NULL REFERENCES rpm.alert_rules (rule_id),
+    patient_id    uuid NOT NULL REFERENCES rpm.patients (patient_id),
+    threshold     double precision,
+    sustained_for interval CHECK (sustained_for >= '0'),
+    missing_after interval CHECK (missing_after > '0'),
+    enabled       boolean,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (rule_id, patient_id)
+);
+
+CREATE TABLE rpm.alerts (
+    alert_id        uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    rule_id         uuid NOT NULL REFERENCES rpm.alert_rules (rule_id),
+    patient_id      uuid NOT NULL REFERENCES rpm.patients (patient_id),
+    status          text NOT NULL DEFAULT 'open'
+                        CHECK (status IN ('open', 'acknowledged', 'resolved')),
+    severity        text NOT NULL CHECK (severity IN ('critical', 'major', 'minor', 'warning')),
+    rule_snapshot   jsonb NOT NULL,  -- the rule and thresholds that fired it, as they were then
+    first_breach_at timestamptz NOT NULL,  -- measurement times, not arrival times
+    last_breach_at  timestamptz NOT NULL,
+    last_value      double precision,
+    breach_count    integer NOT NULL DEFAULT 1 CHECK (breach_count > 0),
+    acknowledged_at timestamptz,
+    acknowledged_by text,
+    ack_note        text,
+    resolved_at     timestamptz,
+    resolved_by     text,
+    resolution      text CHECK (resolution IN ('auto', 'manual')),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT alerts_breach_order CHECK (first_breach_at <= last_breach_at),
+    CONSTRAINT alerts_ack_recorded CHECK (
+        status = 'open' OR (acknowledged_at IS NOT NULL) = (acknowledged_by IS NOT NULL)
+    ),
+    CONSTRAINT alerts_resolution_recorded CHECK (
+        (status = 'resolved') = (resolved_at IS NOT NULL AND resolution IS NOT NULL)
+    )
+);
+-- One open (or acknowledged) alert per patient and rule: repeated breaches update it.
+CREATE UNIQUE INDEX alerts_one_active_per_rule ON rpm.alerts (patient_id, rule_id)
+    WHERE status <> 'resolved';
+CREATE INDEX alerts_inbox ON rpm.alerts (status, severity, first_breach_at DESC);
+CREATE INDEX alerts_by_patient ON rpm.alerts (patient_id, first_breach_at DESC);
+
+CREATE TABLE rpm.alert_events (
+    event_id    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    alert_id    uuid NOT NULL REFERENCES rpm.alerts (alert_id),
+    occurred_at timestamptz NOT NULL DEFAULT now(),
+    actor       text NOT NULL,  -- clinician subject, or 'rpmstore' for automatic transitions
+    from_status text CHECK (from_status IN ('open', 'acknowledged', 'resolved')),
+    to_status   text NOT NULL CHECK (to_status IN ('open', 'acknowledged', 'resolved')),
+    note        text
+);
+CREATE INDEX alert_events_by_alert ON rpm.alert_events (alert_id, occurred_at);
+
+-- ---------------------------------------------------------------------------------------------
+-- Audit log: who read or changed which patient's data. Append-only, enforced by the database.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE rpm.audit_log (
+    audit_id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    occurred_at   timestamptz NOT NULL DEFAULT now(),
+    actor_subject text NOT NULL,
+    actor_role    text NOT NULL,
+    patient_id    uuid,  -- null for actions on no particular patient
+    action        text NOT NULL,
+    route         text NOT NULL,  -- API route template or CLI command
+    outcome       text NOT NULL CHECK (outcome IN ('success', 'denied', 'not_found', 'error')),
+    details       jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX audit_log_by_patient ON rpm.audit_log (patient_id, occurred_at DESC);
+CREATE INDEX audit_log_by_time ON rpm.audit_log (occurred_at);
+
+CREATE FUNCTION rpm.refuse_audit_change() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    RAISE EXCEPTION 'rpm.audit_log is append-only: % is not allowed', TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+
+CREATE TRIGGER audit_log_append_only
+    BEFORE UPDATE OR DELETE ON rpm.audit_log
+    FOR EACH ROW EXECUTE FUNCTION rpm.refuse_audit_change();
+CREATE TRIGGER audit_log_no_truncate
+    BEFORE TRUNCATE ON rpm.audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION rpm.refuse_audit_change();
+
+-- ---------------------------------------------------------------------------------------------
+-- updated_at maintenance.
+-- ---------------------------------------------------------------------------------------------
+CREATE TRIGGER patients_touch BEFORE UPDATE ON rpm.patients
+    FOR EACH ROW EXECUTE FUNCTION rpm.touch_updated_at();
+CREATE TRIGGER patient_identities_touch BEFORE UPDATE ON rpm.patient_identities
+    FOR EACH ROW EXECUTE FUNCTION rpm.touch_updated_at();
+CREATE TRIGGER care_teams_touch BEFORE UPDATE ON rpm.care_teams
+    FOR EACH ROW EXECUTE FUNCTION rpm.touch_updated_at();
+CREATE TRIGGER clinicians_touch BEFORE UPDATE ON rpm.clinicians
+    FOR EACH ROW EXECUTE FUNCTION rpm.touch_updated_at();
+CREATE TRIGGER devices_touch BEFORE UPDATE ON rpm.devices
+    FOR EACH ROW EXECUTE FUNCTION rpm.touch_updated_at();
+CREATE TRIGGER device_assignments_touch BEFORE UPDATE ON rpm.device_assignments
+    FOR EACH ROW EXECUTE FUNCTION rpm.touch_updated_at();
+CREATE TRIGGER metrics_touch BEFORE UPDATE ON rpm.metrics
+    FOR EACH ROW EXECUTE FUNCTION rpm.touch_updated_at();
+CREATE TRIGGER alert_rules_touch BEFORE UPDATE ON rpm.alert_rules
+    FOR EACH ROW EXECUTE FUNCTION rpm.touch_updated_at();
+CREATE TRIGGER alert_rule_overrides_touch BEFORE UPDATE ON rpm.alert_rule_overrides
+    FOR EACH ROW EXECUTE FUNCTION rpm.touch_updated_at();
+CREATE TRIGGER alerts_touch BEFORE UPDATE ON rpm.alerts
+    FOR EACH ROW EXECUTE FUNCTION rpm.touch_updated_at();
