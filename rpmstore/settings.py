@@ -20,7 +20,9 @@ class Settings(BaseSettings):
     embedded local stack (``rpmstore db up``) supplies them.
     """
 
-    model_config = SettingsConfigDict(env_prefix="RPMSTORE_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="RPMSTORE_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DATABASE_URL", "RPMSTORE_DATABASE_URL")
@@ -30,6 +32,8 @@ class Settings(BaseSettings):
     )
     home: Path = Field(default_factory=_default_home)
     stack: Literal["auto", "docker", "chroot"] = "auto"
+    # Several embedded stacks can share one cached Debian root under different instance names.
+    instance: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]*$")
     pg_port: int = Field(default=55432, ge=1, le=65535)
     mqtt_port: int = Field(default=51883, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -87,7 +87,7 @@ class DebianRoot:
         """Create a directory inside the root, owned by ``owner`` and closed to others."""
         host = self.host_path(path_in_root)
         # Never follow a symlink out of the root (trixie's /var/run points at the host's /run).
-        if host.resolve() != host.absolute():
+        if not host.resolve().is_relative_to(self.path.resolve()):
             raise StackUnavailableError(f"{path_in_root} resolves outside the Debian root")
         host.mkdir(parents=True, exist_ok=True)
         os.chown(host, owner.uid, owner.gid)

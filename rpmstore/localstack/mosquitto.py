@@ -57,6 +57,7 @@ class MosquittoInstance:
                 f"acl_file {self._dir}/acl\n"
                 f"persistence_location {self._dir}/data/\n"
                 f"log_dest file {self._dir}/mosquitto.log\n"
+                f"pid_file {self._dir}/mosquitto.pid\n"
                 "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
                 "connection_messages true\n"
                 f"{_shipped_policy('limits.conf')}"
@@ -101,29 +102,25 @@ class MosquittoInstance:
         return self.pid() is not None
 
     def start(self) -> None:
-        """Start the broker in its own session (it outlives this process) and wait for its port."""
+        """Start the broker as a daemon (it outlives this process) and wait for its port."""
         if self.is_running():
             return
-        with self.log_file.open("ab") as early_output:
-            process = subprocess.Popen(
-                self.root.command(
-                    self.root.account("mosquitto"),
-                    ["/usr/sbin/mosquitto", "-c", f"{self._dir}/mosquitto.conf"],
-                ),
-                stdin=subprocess.DEVNULL,
-                stdout=early_output,
-                stderr=early_output,
-                start_new_session=True,
+        self._pid_file.unlink(missing_ok=True)
+        # -d: mosquitto detaches itself and writes pid_file, so no child of ours is left behind.
+        launched = self.root.run(
+            self.root.account("mosquitto"),
+            ["/usr/sbin/mosquitto", "-d", "-c", f"{self._dir}/mosquitto.conf"],
+            check=False,
+            timeout=30,
+        )
+        if launched.returncode != 0:
+            raise StackUnavailableError(
+                f"mosquitto exited with status {launched.returncode}: "
+                f"{launched.stderr.strip()} {self._log_tail()}"
             )
-        # chroot and env exec the broker, so the child's pid is the broker's pid.
-        self._pid_file.write_text(f"{process.pid}\n")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise StackUnavailableError(
-                    f"mosquitto exited with status {process.returncode}: {self._log_tail()}"
-                )
-            if _port_open(self.port):
+            if _port_open(self.port) and self.is_running():
                 log.info("mosquitto started", extra={"instance": self.name, "port": self.port})
                 return
             time.sleep(0.05)
@@ -137,11 +134,7 @@ class MosquittoInstance:
         os.kill(pid, sig)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            try:
-                reaped, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                reaped = 0  # not our child: fall back to probing the pid
-            if reaped or self.pid() is None:
+            if self.pid() is None:
                 self._pid_file.unlink(missing_ok=True)
                 log.info("mosquitto stopped", extra={"instance": self.name, "signal": sig.name})
                 return

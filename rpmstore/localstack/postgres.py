@@ -8,6 +8,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from rpmstore.localstack.errors import StackUnavailableError
 log = logging.getLogger(__name__)
 
 SUPERUSER = "postgres"
+_START_ATTEMPTS = 5
 
 # Sized for a developer machine or CI runner; durability settings stay at their safe defaults
 # (fsync, synchronous_commit, full_page_writes) because ingest acknowledges only after COMMIT.
@@ -113,14 +115,20 @@ class PostgresInstance:
         if self.is_running():
             return
         # A crash leaves postmaster.pid behind; PostgreSQL itself checks whether that pid lives.
-        result = self._pg_ctl(
-            "start",
-            "--wait",
-            "--timeout=120",
-            f"--log={self._dir}/server.log",
-            f"--options=-p {self.port} -k {self.socket_dir}",
-            check=False,
-        )
+        # Right after a crash, orphaned backends may still hold the old shared memory for a
+        # moment ("pre-existing shared memory block is still in use"), hence a few attempts.
+        for attempt in range(_START_ATTEMPTS):
+            result = self._pg_ctl(
+                "start",
+                "--wait",
+                "--timeout=120",
+                f"--log={self._dir}/server.log",
+                f"--options=-p {self.port} -k {self.socket_dir}",
+                check=False,
+            )
+            if result.returncode == 0 or attempt == _START_ATTEMPTS - 1:
+                break
+            time.sleep(1)
         if result.returncode != 0:
             tail = self._log_tail()
             raise StackUnavailableError(
@@ -131,14 +139,23 @@ class PostgresInstance:
     def stop(self, mode: str = "fast") -> None:
         if not self.is_running():
             return
-        self._pg_ctl("stop", "--wait", "--timeout=120", f"--mode={mode}")
+        result = self._pg_ctl("stop", "--wait", "--timeout=120", f"--mode={mode}", check=False)
+        if result.returncode != 0 and self.is_running():
+            raise StackUnavailableError(f"PostgreSQL did not stop: {result.stderr.strip()}")
         log.info("postgres stopped", extra={"instance": self.name, "mode": mode})
 
     def kill(self) -> None:
         """SIGKILL the postmaster, as a crash would (fault tests)."""
         pid = self.postmaster_pid()
-        if pid is not None:
+        if pid is None:
+            return
+        try:
             os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.02)
 
     def postmaster_pid(self) -> int | None:
         pid_file = self.root.host_path(f"{self.data_dir}/postmaster.pid")

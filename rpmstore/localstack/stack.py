@@ -34,8 +34,6 @@ from rpmstore.settings import Settings
 
 log = logging.getLogger(__name__)
 
-INSTANCE = "default"
-
 
 @dataclass(frozen=True)
 class ChrootState:
@@ -67,7 +65,7 @@ def choose_backend(settings: Settings) -> Backend:
 
 
 def _state_path(settings: Settings) -> Path:
-    return settings.home / "stack.json"
+    return settings.home / "instances" / f"{settings.instance}.json"
 
 
 def _load_state(settings: Settings) -> ChrootState | None:
@@ -89,11 +87,13 @@ def _save_state(settings: Settings, state: ChrootState) -> None:
     temporary.replace(path)
 
 
-def _chroot_servers(state: ChrootState) -> tuple[PostgresInstance, MosquittoInstance]:
+def _chroot_servers(
+    settings: Settings, state: ChrootState
+) -> tuple[PostgresInstance, MosquittoInstance]:
     root = DebianRoot(Path(state.root))
     return (
-        PostgresInstance(root, INSTANCE, state.pg_port),
-        MosquittoInstance(root, INSTANCE, state.mqtt_port),
+        PostgresInstance(root, settings.instance, state.pg_port),
+        MosquittoInstance(root, settings.instance, state.mqtt_port),
     )
 
 
@@ -127,7 +127,7 @@ def _chroot_up(settings: Settings) -> StackUrls:
             mqtt_passwords={INGEST_USER: new_password(), GATEWAY_USER: new_password()},
         )
         _save_state(settings, state)
-    postgres, mosquitto = _chroot_servers(state)
+    postgres, mosquitto = _chroot_servers(settings, state)
     if not postgres.is_initialized():
         postgres.initialize(state.superuser_password)
     postgres.start()
@@ -168,7 +168,7 @@ def down(settings: Settings) -> None:
     elif backend == "docker":
         docker.down(settings)
     elif (state := _load_state(settings)) is not None:
-        postgres, mosquitto = _chroot_servers(state)
+        postgres, mosquitto = _chroot_servers(settings, state)
         mosquitto.stop()
         postgres.stop()
 
@@ -207,5 +207,5 @@ def server_status(settings: Settings) -> ServerStatus:
     state = _load_state(settings)
     if state is None:
         return ServerStatus(backend, postgres_running=False, mosquitto_running=False)
-    postgres, mosquitto = _chroot_servers(state)
+    postgres, mosquitto = _chroot_servers(settings, state)
     return ServerStatus(backend, postgres.is_running(), mosquitto.is_running())

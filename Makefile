@@ -1,0 +1,54 @@
+# Two set-up commands (see README): `make demo` and `make test`. Both work on a fresh clone:
+# they make their own virtualenv, install the project from its own files, and start real
+# servers (TimescaleDB and Mosquitto) through `rpmstore db up` or the test suite's fixtures.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: demo test lint install host-deps db-up db-down clean
+
+$(INSTALLED): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(INSTALLED)
+
+# The embedded stack needs debootstrap (Debian-family hosts, as root) unless a Docker engine
+# runs or DATABASE_URL/MQTT_URL point at existing servers; install it when we can.
+host-deps:
+	@if ! command -v debootstrap >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
+	    && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing debootstrap (once)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap; \
+	fi
+	@if ! $(PYTHON) -m venv --help >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
+	    && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; \
+	fi
+
+demo: host-deps install
+	RPMSTORE_LOG_FORMAT=console $(BIN)/rpmstore db up
+	RPMSTORE_LOG_FORMAT=console $(BIN)/rpmstore migrate up
+	RPMSTORE_LOG_FORMAT=console $(BIN)/rpmstore demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: host-deps lint
+	$(BIN)/python -m pytest
+
+db-up: host-deps install
+	$(BIN)/rpmstore db up
+
+db-down: install
+	$(BIN)/rpmstore db down
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache

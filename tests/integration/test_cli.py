@@ -1,0 +1,63 @@
+"""The rpmstore command against a real database (DATABASE_URL points it there)."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from rpmstore.cli import main
+from schema.migrate import discover_migrations
+
+
+@pytest.fixture
+def point_at(monkeypatch: pytest.MonkeyPatch) -> object:
+    def point(url: str) -> None:
+        monkeypatch.setenv("DATABASE_URL", url)
+        monkeypatch.setenv("MQTT_URL", "mqtt://unused@127.0.0.1:1")
+
+    return point
+
+
+def test_migrate_up_then_status(
+    empty_db_url: str, point_at: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert callable(point_at)
+    point_at(empty_db_url)
+    labels = [m.label for m in discover_migrations()]
+    assert main(["migrate", "status"]) == 0
+    assert all(line.endswith("pending") for line in capsys.readouterr().out.splitlines())
+    assert main(["migrate", "up"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"applied {label}" for label in labels]
+    assert main(["migrate", "up"]) == 0
+    assert capsys.readouterr().out.strip() == "schema is up to date"
+    assert main(["migrate", "down", "1"]) == 0
+    assert capsys.readouterr().out.strip() == f"reverted {labels[-1]}"
+
+
+def test_demo_prints_readings_read_back_from_timescaledb(
+    db_url: str, point_at: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert callable(point_at)
+    point_at(db_url)
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    with psycopg.connect(db_url) as conn:
+        stored = conn.execute("SELECT count(*) FROM rpm.readings").fetchone()
+        batches = conn.execute("SELECT count(*), sum(row_count) FROM rpm.ingest_batches").fetchone()
+    assert stored is not None
+    assert stored[0] > 0
+    assert batches == (1, stored[0])
+    assert f"stored {stored[0]} readings in ingest batch" in out
+    assert f"read back {stored[0]} readings from the rpm.readings hypertable" in out
+    # One printed line per reading, after the two header lines.
+    table = out.split("hypertable:\n", 1)[1].splitlines()
+    assert len(table) == stored[0] + 1
+
+
+def test_unreachable_database_is_a_clear_error(
+    point_at: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert callable(point_at)
+    point_at("postgresql://nobody@127.0.0.1:1/nothing?connect_timeout=2")
+    assert main(["migrate", "status"]) == 2
+    assert "rpmstore: error:" in capsys.readouterr().err

@@ -1,0 +1,118 @@
+"""``rpmstore db up|down|status|url`` on the embedded (chroot) stack, including crash recovery."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from rpmstore.cli import main
+from rpmstore.localstack import stack
+from rpmstore.localstack.debian_root import STATE_DIR_IN_ROOT, DebianRoot
+from rpmstore.localstack.mosquitto import MosquittoInstance
+from rpmstore.localstack.postgres import PostgresInstance
+from rpmstore.settings import Settings
+from tests.conftest import free_port
+
+
+@pytest.fixture
+def stack_settings(
+    tmp_path: Path, debian_root: DebianRoot, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Settings]:
+    """A private home and instance that share the machine's cached Debian root."""
+    (tmp_path / "roots").mkdir()
+    (tmp_path / "roots" / debian_root.path.name).symlink_to(debian_root.path)
+    values = {
+        "RPMSTORE_HOME": str(tmp_path),
+        "RPMSTORE_INSTANCE": f"pytest-stack-{os.getpid()}",
+        "RPMSTORE_STACK": "chroot",
+        "RPMSTORE_PG_PORT": str(free_port()),
+        "RPMSTORE_MQTT_PORT": str(free_port()),
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    for name in ("DATABASE_URL", "MQTT_URL", "RPMSTORE_DATABASE_URL", "RPMSTORE_MQTT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    yield settings
+    stack.down(settings)
+    PostgresInstance(debian_root, settings.instance, settings.pg_port).destroy()
+    MosquittoInstance(debian_root, settings.instance, settings.mqtt_port).destroy()
+    shutil.rmtree(
+        debian_root.host_path(f"{STATE_DIR_IN_ROOT}/instances/{settings.instance}"),
+        ignore_errors=True,
+    )
+
+
+def test_up_is_idempotent_and_recovers_from_a_crash(
+    stack_settings: Settings, debian_root: DebianRoot, capsys: pytest.CaptureFixture[str]
+) -> None:
+    urls = stack.up(stack_settings)
+    with psycopg.connect(urls.database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE survives (note text)")
+        conn.execute("INSERT INTO survives VALUES ('committed before the crash')")
+    assert stack.up(stack_settings) == urls
+
+    # Crash both servers the hard way, then bring the stack up again.
+    postgres = PostgresInstance(debian_root, stack_settings.instance, stack_settings.pg_port)
+    mosquitto = MosquittoInstance(debian_root, stack_settings.instance, stack_settings.mqtt_port)
+    postgres.kill()
+    broker_pid = mosquitto.pid()
+    assert broker_pid is not None
+    os.kill(broker_pid, signal.SIGKILL)
+    assert stack.up(stack_settings) == urls
+    with psycopg.connect(urls.database_url) as conn:
+        assert conn.execute("SELECT note FROM survives").fetchall() == [
+            ("committed before the crash",)
+        ]
+
+    assert main(["db", "status"]) == 0
+    status = capsys.readouterr().out
+    assert "postgres:    running" in status
+    assert "mosquitto:   running" in status
+    with psycopg.connect(urls.admin_database_url or "") as conn:
+        license_row = conn.execute("SHOW timescaledb.license").fetchone()
+    assert license_row is not None
+    assert f"edition:     {license_row[0]}" in status
+
+    assert main(["db", "down"]) == 0
+    assert main(["db", "down"]) == 0  # stopping a stopped stack is fine
+    assert main(["db", "status"]) == 1
+    assert "postgres:    stopped" in capsys.readouterr().out
+
+
+def test_url_prints_what_processes_should_use(
+    stack_settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    urls = stack.up(stack_settings)
+    assert main(["db", "url", "--export"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"export DATABASE_URL='{urls.database_url}'" in lines
+    assert f"export MQTT_URL='{urls.mqtt_url}'" in lines
+
+
+def test_explicit_urls_point_everything_at_existing_servers(
+    stack_settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With DATABASE_URL and MQTT_URL set, nothing local is started and they are used as given."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app@db.internal:5432/rpm")
+    monkeypatch.setenv("MQTT_URL", "mqtt://ingest@broker.internal:1883")
+    assert stack.choose_backend(Settings()) == "external"
+    assert main(["db", "url"]) == 0
+    out = capsys.readouterr().out
+    assert "DATABASE_URL='postgresql://app@db.internal:5432/rpm'" in out
+    assert "MQTT_URL='mqtt://ingest@broker.internal:1883'" in out
+    assert stack.server_status(stack_settings).postgres_running is False
+
+
+def test_commands_without_a_stack_say_what_to_do(
+    stack_settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert stack_settings.database_url is None
+    assert main(["migrate", "status"]) == 2
+    assert "run 'rpmstore db up'" in capsys.readouterr().err
