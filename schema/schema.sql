@@ -217,8 +217,11 @@ CREATE TABLE rpm.ingest_batches (
     batch_id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     source       text NOT NULL CHECK (source IN ('http', 'mqtt', 'fhir', 'import', 'migration')),
     ingestor     text NOT NULL,  -- which process wrote it (host:pid)
-    row_count    integer NOT NULL CHECK (row_count >= 0),
-    committed_at timestamptz NOT NULL DEFAULT now()
+    row_count    integer NOT NULL CHECK (row_count >= 0),  -- rows stored
+    committed_at timestamptz NOT NULL DEFAULT now(),
+    duplicate_count  integer NOT NULL DEFAULT 0 CHECK (duplicate_count >= 0),
+    conflict_count   integer NOT NULL DEFAULT 0 CHECK (conflict_count >= 0),
+    quarantine_count integer NOT NULL DEFAULT 0 CHECK (quarantine_count >= 0)
 );
 
 -- Column order puts 8- and 16-byte columns first so rows carry no alignment padding.
@@ -260,10 +263,35 @@ CREATE TABLE rpm.ingest_quarantine (
     reading_index   integer,  -- position of the offending reading, when the payload parsed
     claimed_device  text,  -- device id as the sender claimed it (may be unknown or malformed)
     topic           text,  -- MQTT topic, when it came over MQTT
-    created_at      timestamptz NOT NULL DEFAULT now()
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    batch_id        bigint  -- the ingest batch that quarantined it (lineage)
 );
 CREATE INDEX ingest_quarantine_received ON rpm.ingest_quarantine (received_at);
 CREATE INDEX ingest_quarantine_reason ON rpm.ingest_quarantine (reason, received_at);
+
+-- ---------------------------------------------------------------------------------------------
+-- Rollup invalidations. Rows measured before the threshold fall in buckets the refresher already
+-- rolled up; ingest records their ranges so exactly those buckets are recomputed (late data).
+-- Until the refresher advances the threshold (-infinity), nothing is recorded, like
+-- TimescaleDB's own invalidation threshold for continuous aggregates.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE rpm.rollup_watermark (
+    singleton              boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    invalidation_threshold timestamptz NOT NULL DEFAULT '-infinity',
+    updated_at             timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO rpm.rollup_watermark DEFAULT VALUES;
+
+CREATE TABLE rpm.rollup_invalidations (
+    invalidation_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    patient_id      uuid NOT NULL,
+    metric_id       smallint NOT NULL,
+    range_start     timestamptz NOT NULL,  -- oldest and newest measured_at of the late rows
+    range_end       timestamptz NOT NULL,
+    batch_id        bigint NOT NULL,
+    recorded_at     timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT rollup_invalidations_range CHECK (range_start <= range_end)
+);
 
 -- ---------------------------------------------------------------------------------------------
 -- Alert rules, per-patient overrides, alerts and their lifecycle events.

@@ -51,10 +51,15 @@ class PgServer:
     instance: PostgresInstance | None  # None when reusing an external server
 
     def url(self, database: str, *, admin: bool = False) -> str:
-        if admin:
-            return make_conninfo(self.admin_url, dbname=database)
-        return make_conninfo(
-            self.admin_url, dbname=database, user=TEST_OWNER, password=self.owner_password
+        """A postgresql:// URL (both psycopg and asyncpg take it) for ``database``."""
+        params = conninfo_to_dict(self.admin_url)
+        user, password = (
+            (str(params["user"]), str(params.get("password", "")))
+            if admin
+            else (TEST_OWNER, self.owner_password)
+        )
+        return postgres_url(
+            user, password, int(params.get("port") or 5432), database, str(params["host"])
         )
 
     def admin(self) -> psycopg.Connection:
@@ -91,6 +96,7 @@ def pg_server(request: pytest.FixtureRequest) -> Iterator[PgServer]:
     owner_password = new_password()
     if external:
         server = PgServer(make_conninfo(external, dbname="postgres"), owner_password, None)
+        server = PgServer(server.url("postgres", admin=True), owner_password, None)
     else:
         root: DebianRoot = request.getfixturevalue("debian_root")
         superuser_password = new_password()

@@ -47,9 +47,11 @@ class ChrootState:
     mqtt_passwords: dict[str, str]
 
 
-def postgres_url(user: str, password: str, port: int, database: str) -> str:
+def postgres_url(
+    user: str, password: str, port: int, database: str, host: str = "127.0.0.1"
+) -> str:
     credentials = f"{quote(user, safe='')}:{quote(password, safe='')}"
-    return f"postgresql://{credentials}@127.0.0.1:{port}/{database}"
+    return f"postgresql://{credentials}@{host}:{port}/{quote(database, safe='')}"
 
 
 def mqtt_url(user: str, password: str, port: int) -> str:

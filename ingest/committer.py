@@ -1,0 +1,401 @@
+"""Group commit: many concurrent requests or messages, one binary COPY, one transaction.
+
+Callers ``submit`` an :class:`IngestRequest` (the validated readings and the quarantine entries
+of one HTTP request or MQTT message) and are answered only after the batch holding it has
+COMMITted, so an HTTP 2xx or an MQTT PUBACK always follows durable storage.
+
+Exactly-once storage under at-least-once delivery: the readings hypertable's natural key
+(device, metric, measured_at) decides. A retried request or redelivered message finds its rows
+already stored and is counted as duplicates; the same key with a *different* value is a
+conflict and goes to the quarantine, never overwriting or dropping either value. A batch whose
+connection breaks is retried whole with backoff: if its COMMIT had in fact landed, the retry
+sees duplicates, so nothing is written twice.
+
+Backpressure: at most ``max_pending_rows`` rows wait; beyond that ``submit`` raises
+:class:`BufferFullError` at once (HTTP answers 503, MQTT stops acknowledging).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+import asyncpg
+
+from ingest.store import Source, ValidatedReading, ingestor_name
+from schema.sql import queries
+
+log = logging.getLogger(__name__)
+
+_STAGE_COLUMNS = (
+    "seq",
+    "measured_at",
+    "received_at",
+    "value",
+    "device_id",
+    "patient_id",
+    "metric_id",
+    "utc_offset_minutes",
+    "client_reading_id",
+)
+_QUARANTINE_COLUMNS = (
+    "received_at",
+    "source",
+    "reason",
+    "detail",
+    "raw_payload",
+    "reading_index",
+    "claimed_device",
+    "topic",
+    "batch_id",
+)
+# Errors after which the same batch is retried: the server or the network went away.
+_RETRYABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+ACCEPTED_SYNCHRONOUS_COMMIT = ("on", "remote_apply")
+
+
+class BufferFullError(RuntimeError):
+    """The committer holds as many rows as it may; try again later (HTTP 503, MQTT no ack)."""
+
+
+class UnsafeDatabaseSettingsError(RuntimeError):
+    """The database would acknowledge commits that a crash could still lose."""
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    """A received reading (or whole payload) that will not be stored, with why."""
+
+    reason: str
+    detail: str
+    reading_index: int | None
+
+
+@dataclass(frozen=True)
+class IngestRequest:
+    """One HTTP request or MQTT message, validated."""
+
+    readings: Sequence[ValidatedReading]
+    # reading_indexes[i]: position in the payload of readings[i] (for per-reading answers)
+    reading_indexes: Sequence[int]
+    quarantine: Sequence[QuarantineEntry]
+    raw_payload: bytes
+    received_at: float  # time.time() when it arrived; quarantine rows record it
+    claimed_device: str | None = None
+    topic: str | None = None
+
+
+@dataclass(frozen=True)
+class Conflict:
+    reading_index: int
+    stored_value: float
+    received_value: float
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    """What became of one request: every reading is stored, a duplicate, or quarantined."""
+
+    batch_id: int
+    stored: int
+    duplicates: int
+    conflicts: tuple[Conflict, ...]
+    quarantined: int  # validation rejections plus conflicts
+
+
+@dataclass
+class _Pending:
+    request: IngestRequest
+    future: asyncio.Future[IngestOutcome]
+    rows: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rows = len(self.request.readings)
+
+
+class GroupCommitter:
+    """Gathers requests into batches by size and time and commits each batch once."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        source: Source,
+        max_batch_rows: int = 5000,
+        max_delay_s: float = 0.01,
+        max_pending_rows: int = 100_000,
+        workers: int = 2,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self._pool = pool
+        self._source = source
+        self._max_batch_rows = max_batch_rows
+        self._max_delay_s = max_delay_s
+        self._max_pending_rows = max_pending_rows
+        self._worker_count = workers
+        self._max_backoff_s = max_backoff_s
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._pending_rows = 0
+        self._workers: list[asyncio.Task[None]] = []
+        self._ingestor = ingestor_name()
+        self._q = queries("ingest_commit")
+
+    @property
+    def pending_rows(self) -> int:
+        return self._pending_rows
+
+    async def start(self) -> None:
+        await check_durability(self._pool)
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"group-commit-{n}")
+            for n in range(self._worker_count)
+        ]
+
+    async def stop(self) -> None:
+        """Commit what is queued, then stop the workers."""
+        await self._queue.join()
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+
+    async def submit(self, request: IngestRequest) -> IngestOutcome:
+        """Queue ``request`` and return once its batch has committed."""
+        rows = len(request.readings)
+        # A request bigger than the whole buffer is still admitted into an empty buffer, or it
+        # could never be stored.
+        if self._pending_rows and self._pending_rows + rows > self._max_pending_rows:
+            raise BufferFullError(
+                f"{self._pending_rows} readings are waiting to be committed "
+                f"(limit {self._max_pending_rows})"
+            )
+        pending = _Pending(request, asyncio.get_running_loop().create_future())
+        self._pending_rows += rows
+        await self._queue.put(pending)
+        return await pending.future
+
+    async def _next_batch(self) -> list[_Pending]:
+        batch = [await self._queue.get()]
+        rows = batch[0].rows
+        deadline = time.monotonic() + self._max_delay_s
+        while rows < self._max_batch_rows:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            batch.append(item)
+            rows += item.rows
+        return batch
+
+    async def _work(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            try:
+                outcomes = await self._commit_with_retry(batch)
+                for pending, outcome in zip(batch, outcomes, strict=True):
+                    if not pending.future.done():
+                        pending.future.set_result(outcome)
+            except Exception as exc:  # answered to every waiting caller, never swallowed
+                log.exception("ingest batch failed permanently")
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
+            finally:
+                for pending in batch:
+                    self._pending_rows -= pending.rows
+                    self._queue.task_done()
+
+    async def _commit_with_retry(self, batch: list[_Pending]) -> list[IngestOutcome]:
+        backoff = 0.05
+        while True:
+            try:
+                return await self._commit(batch)
+            except asyncpg.PostgresError as exc:
+                if isinstance(exc, _RETRYABLE):
+                    raise
+                # Validation should have caught this. Isolate the request the database refused
+                # so the rest of the batch is stored and the refused readings are quarantined,
+                # never retried forever (a poison message) and never dropped.
+                return await self._isolate(batch, exc)
+            except _RETRYABLE as exc:
+                log.warning(
+                    "database unavailable, retrying ingest batch in %.2fs: %s",
+                    backoff,
+                    exc,
+                    extra={"requests": len(batch), "rows": sum(p.rows for p in batch)},
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff_s)
+
+    async def _isolate(
+        self, batch: list[_Pending], error: asyncpg.PostgresError
+    ) -> list[IngestOutcome]:
+        if len(batch) > 1:
+            return [(await self._commit_with_retry([pending]))[0] for pending in batch]
+        request = batch[0].request
+        log.warning(
+            "database refused a validated request; quarantining its readings: %s",
+            error,
+            extra={"sqlstate": error.sqlstate, "readings": len(request.readings)},
+        )
+        refused = [
+            QuarantineEntry("rejected_by_database", f"{error.sqlstate}: {error}", index)
+            for index in request.reading_indexes
+        ]
+        fallback = replace(
+            request, readings=(), reading_indexes=(), quarantine=(*request.quarantine, *refused)
+        )
+        (outcome,) = await self._commit_with_retry([_Pending(fallback, batch[0].future)])
+        return [outcome]
+
+    async def _commit(self, batch: list[_Pending]) -> list[IngestOutcome]:
+        stage_rows: list[tuple[object, ...]] = []
+        owners: list[tuple[int, int]] = []  # per staged row: (request number, reading number)
+        for request_number, pending in enumerate(batch):
+            for reading_number, r in enumerate(pending.request.readings):
+                stage_rows.append(
+                    (
+                        len(stage_rows),
+                        r.measured_at,
+                        r.received_at,
+                        r.value,
+                        r.device_id,
+                        r.patient_id,
+                        r.metric_id,
+                        r.utc_offset_minutes,
+                        r.client_reading_id,
+                    )
+                )
+                owners.append((request_number, reading_number))
+        started = time.monotonic()
+        async with self._pool.acquire() as conn, conn.transaction():
+            batch_id = int(await conn.fetchval(self._q["next_batch_id"]))
+            not_stored: list[asyncpg.Record] = []
+            if stage_rows:
+                await conn.execute(self._q["create_stage"])
+                await conn.copy_records_to_table(
+                    "ingest_stage", records=stage_rows, columns=_STAGE_COLUMNS
+                )
+                inserted = int(await conn.fetchval(self._q["merge_stage"], batch_id))
+                if inserted < len(stage_rows):
+                    not_stored = await conn.fetch(self._q["classify_not_stored"], batch_id)
+            outcomes, quarantine_rows = self._outcomes(batch, batch_id, owners, not_stored)
+            if quarantine_rows:
+                await conn.copy_records_to_table(
+                    "ingest_quarantine",
+                    schema_name="rpm",
+                    records=quarantine_rows,
+                    columns=_QUARANTINE_COLUMNS,
+                )
+            await conn.execute(
+                self._q["insert_batch"],
+                batch_id,
+                self._source,
+                self._ingestor,
+                sum(o.stored for o in outcomes),
+                sum(o.duplicates for o in outcomes),
+                sum(len(o.conflicts) for o in outcomes),
+                len(quarantine_rows),
+            )
+        log.debug(
+            "ingest batch committed",
+            extra={
+                "batch_id": batch_id,
+                "requests": len(batch),
+                "rows": len(stage_rows),
+                "ms": round((time.monotonic() - started) * 1000, 1),
+            },
+        )
+        return outcomes
+
+    def _outcomes(
+        self,
+        batch: list[_Pending],
+        batch_id: int,
+        owners: list[tuple[int, int]],
+        not_stored: list[asyncpg.Record],
+    ) -> tuple[list[IngestOutcome], list[tuple[object, ...]]]:
+        duplicates = [0] * len(batch)
+        conflicts: list[list[Conflict]] = [[] for _ in batch]
+        quarantine_rows: list[tuple[object, ...]] = []
+        for record in not_stored:
+            request_number, reading_number = owners[record["seq"]]
+            request = batch[request_number].request
+            reading = request.readings[reading_number]
+            if record["stored_value"] == reading.value:
+                duplicates[request_number] += 1
+                continue
+            index = request.reading_indexes[reading_number]
+            conflicts[request_number].append(Conflict(index, record["stored_value"], reading.value))
+            quarantine_rows.append(
+                self._quarantine_row(
+                    request,
+                    batch_id,
+                    QuarantineEntry(
+                        "conflict",
+                        f"a different value ({record['stored_value']:g}) is already stored for "
+                        f"this device, metric and time; received {reading.value:g}",
+                        index,
+                    ),
+                )
+            )
+        outcomes = []
+        for n, pending in enumerate(batch):
+            request = pending.request
+            quarantine_rows.extend(
+                self._quarantine_row(request, batch_id, entry) for entry in request.quarantine
+            )
+            outcomes.append(
+                IngestOutcome(
+                    batch_id=batch_id,
+                    stored=len(request.readings) - duplicates[n] - len(conflicts[n]),
+                    duplicates=duplicates[n],
+                    conflicts=tuple(conflicts[n]),
+                    quarantined=len(request.quarantine) + len(conflicts[n]),
+                )
+            )
+        return outcomes, quarantine_rows
+
+    def _quarantine_row(
+        self, request: IngestRequest, batch_id: int, entry: QuarantineEntry
+    ) -> tuple[object, ...]:
+        return (
+            datetime.fromtimestamp(request.received_at, UTC),
+            self._source,
+            entry.reason,
+            entry.detail,
+            request.raw_payload,
+            entry.reading_index,
+            request.claimed_device,
+            request.topic,
+            batch_id,
+        )
+
+
+async def check_durability(pool: asyncpg.Pool) -> None:
+    """Refuse to acknowledge anything if COMMIT would return before the WAL is flushed."""
+    async with pool.acquire() as conn:
+        setting = await conn.fetchval(queries("ingest_commit")["synchronous_commit"])
+    if setting not in ACCEPTED_SYNCHRONOUS_COMMIT:
+        raise UnsafeDatabaseSettingsError(
+            f"synchronous_commit is {setting!r}: acknowledged readings could be lost in a crash; "
+            f"set it to 'on' for the ingest role or database"
+        )

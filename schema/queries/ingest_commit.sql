@@ -1,0 +1,67 @@
+-- The group committer's statements (asyncpg: $n placeholders). One batch = one transaction:
+-- COPY into a per-session staging table, merge into the hypertable with the natural key
+-- deciding duplicates, record invalidated rollup ranges, record the batch.
+
+-- name: create_stage
+-- Temporary and emptied at every COMMIT: a failed or retried batch never leaves rows behind.
+CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
+    seq                integer NOT NULL,
+    measured_at        timestamptz NOT NULL,
+    received_at        timestamptz NOT NULL,
+    value              double precision NOT NULL,
+    device_id          uuid NOT NULL,
+    patient_id         uuid NOT NULL,
+    metric_id          smallint NOT NULL,
+    utc_offset_minutes smallint,
+    client_reading_id  text
+) ON COMMIT DELETE ROWS;
+
+-- name: next_batch_id
+SELECT nextval(pg_get_serial_sequence('rpm.ingest_batches', 'batch_id'));
+
+-- name: merge_stage
+-- ORDER BY seq: within one batch the first copy of a key wins and later copies are classified
+-- against it. ON CONFLICT DO NOTHING never overwrites a stored reading.
+WITH inserted AS (
+    INSERT INTO rpm.readings (measured_at, received_at, value, batch_id, device_id, patient_id,
+                              metric_id, utc_offset_minutes, client_reading_id)
+    SELECT measured_at, received_at, value, $1, device_id, patient_id, metric_id,
+           utc_offset_minutes, client_reading_id
+    FROM ingest_stage
+    ORDER BY seq
+    ON CONFLICT (device_id, metric_id, measured_at) DO NOTHING
+    RETURNING patient_id, metric_id, measured_at
+), invalidated AS (
+    INSERT INTO rpm.rollup_invalidations (patient_id, metric_id, range_start, range_end, batch_id)
+    SELECT patient_id, metric_id, min(measured_at), max(measured_at), $1
+    FROM inserted
+    WHERE measured_at < (SELECT invalidation_threshold FROM rpm.rollup_watermark)
+    GROUP BY patient_id, metric_id
+)
+SELECT count(*) FROM inserted;
+
+-- name: classify_not_stored
+-- Only run when some staged rows were not inserted: each of them is either an exact repeat
+-- of the stored reading (duplicate) or a different value for the same key (conflict).
+SELECT seq, stored_value
+FROM (
+    SELECT s.seq, r.value AS stored_value, s.value AS staged_value,
+           r.batch_id = $1
+               AND s.seq = min(s.seq) OVER (PARTITION BY s.device_id, s.metric_id, s.measured_at)
+               AS is_the_inserted_row
+    FROM ingest_stage s
+    JOIN rpm.readings r
+      ON r.device_id = s.device_id AND r.metric_id = s.metric_id
+     AND r.measured_at = s.measured_at
+) classified
+WHERE NOT is_the_inserted_row
+ORDER BY seq;
+
+-- name: insert_batch
+INSERT INTO rpm.ingest_batches (batch_id, source, ingestor, row_count, duplicate_count,
+                                conflict_count, quarantine_count)
+OVERRIDING SYSTEM VALUE
+VALUES ($1, $2, $3, $4, $5, $6, $7);
+
+-- name: synchronous_commit
+SELECT current_setting('synchronous_commit');
