@@ -9,6 +9,8 @@ import psycopg
 from fastapi import Depends, Request
 from psycopg_pool import AsyncConnectionPool
 
+from ingest import IngestRuntime
+
 
 async def _connection(request: Request) -> AsyncIterator[psycopg.AsyncConnection]:
     pool = cast(AsyncConnectionPool, request.app.state.pool)
@@ -17,3 +19,10 @@ async def _connection(request: Request) -> AsyncIterator[psycopg.AsyncConnection
 
 
 ConnDep = Annotated[psycopg.AsyncConnection, Depends(_connection)]
+
+
+def _ingest(request: Request) -> IngestRuntime:
+    return cast(IngestRuntime, request.app.state.ingest)
+
+
+IngestDep = Annotated[IngestRuntime, Depends(_ingest)]

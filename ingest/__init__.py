@@ -1,0 +1,21 @@
+"""Device ingest: decode, validate, group-commit with binary COPY, quarantine what is bad.
+
+The public interface for other parts (the HTTP API, the CLI) is what this module exports.
+"""
+
+from ingest.committer import BufferFullError, DatabaseUnavailableError
+from ingest.payload import MAX_PAYLOAD_BYTES
+from ingest.runtime import IngestLimits, IngestRuntime, open_ingest_runtime
+from ingest.service import IngestReport, PayloadRejectedError, RejectedReading
+
+__all__ = [
+    "MAX_PAYLOAD_BYTES",
+    "BufferFullError",
+    "DatabaseUnavailableError",
+    "IngestLimits",
+    "IngestReport",
+    "IngestRuntime",
+    "PayloadRejectedError",
+    "RejectedReading",
+    "open_ingest_runtime",
+]

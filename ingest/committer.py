@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from ingest.metrics import IngestMetrics
 from ingest.store import Source, ValidatedReading, ingestor_name
 from schema.sql import queries
 
@@ -54,7 +55,7 @@ _QUARANTINE_COLUMNS = (
     "batch_id",
 )
 # Errors after which the same batch is retried: the server or the network went away.
-_RETRYABLE = (
+RETRYABLE_DATABASE_ERRORS = (
     OSError,
     asyncio.TimeoutError,
     asyncpg.PostgresConnectionError,
@@ -62,8 +63,14 @@ _RETRYABLE = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    # Raised by a pooled connection whose server vanished mid-operation.
+    asyncpg.exceptions.InternalClientError,
 )
 ACCEPTED_SYNCHRONOUS_COMMIT = ("on", "remote_apply")
+
+
+class DatabaseUnavailableError(RuntimeError):
+    """The database cannot be reached right now; nothing was stored or acknowledged."""
 
 
 class BufferFullError(RuntimeError):
@@ -103,6 +110,13 @@ class Conflict:
     stored_value: float
     received_value: float
 
+    @property
+    def detail(self) -> str:
+        return (
+            f"a different value ({self.stored_value:g}) is already stored for this device, "
+            f"metric and time; received {self.received_value:g}"
+        )
+
 
 @dataclass(frozen=True)
 class IngestOutcome:
@@ -138,6 +152,7 @@ class GroupCommitter:
         max_pending_rows: int = 100_000,
         workers: int = 2,
         max_backoff_s: float = 5.0,
+        metrics: IngestMetrics | None = None,
     ) -> None:
         self._pool = pool
         self._source = source
@@ -151,6 +166,7 @@ class GroupCommitter:
         self._workers: list[asyncio.Task[None]] = []
         self._ingestor = ingestor_name()
         self._q = queries("ingest_commit")
+        self._metrics = metrics
 
     @property
     def pending_rows(self) -> int:
@@ -177,12 +193,16 @@ class GroupCommitter:
         # A request bigger than the whole buffer is still admitted into an empty buffer, or it
         # could never be stored.
         if self._pending_rows and self._pending_rows + rows > self._max_pending_rows:
+            if self._metrics:
+                self._metrics.buffer_full.labels(self._source).inc()
             raise BufferFullError(
                 f"{self._pending_rows} readings are waiting to be committed "
                 f"(limit {self._max_pending_rows})"
             )
         pending = _Pending(request, asyncio.get_running_loop().create_future())
         self._pending_rows += rows
+        if self._metrics:
+            self._metrics.buffer_rows.set(self._pending_rows)
         await self._queue.put(pending)
         return await pending.future
 
@@ -222,6 +242,8 @@ class GroupCommitter:
                 for pending in batch:
                     self._pending_rows -= pending.rows
                     self._queue.task_done()
+                if self._metrics:
+                    self._metrics.buffer_rows.set(self._pending_rows)
 
     async def _commit_with_retry(self, batch: list[_Pending]) -> list[IngestOutcome]:
         backoff = 0.05
@@ -229,13 +251,13 @@ class GroupCommitter:
             try:
                 return await self._commit(batch)
             except asyncpg.PostgresError as exc:
-                if isinstance(exc, _RETRYABLE):
+                if isinstance(exc, RETRYABLE_DATABASE_ERRORS):
                     raise
                 # Validation should have caught this. Isolate the request the database refused
                 # so the rest of the batch is stored and the refused readings are quarantined,
                 # never retried forever (a poison message) and never dropped.
                 return await self._isolate(batch, exc)
-            except _RETRYABLE as exc:
+            except RETRYABLE_DATABASE_ERRORS as exc:
                 log.warning(
                     "database unavailable, retrying ingest batch in %.2fs: %s",
                     backoff,
@@ -315,13 +337,17 @@ class GroupCommitter:
                 sum(len(o.conflicts) for o in outcomes),
                 len(quarantine_rows),
             )
+        elapsed = time.monotonic() - started
+        if self._metrics:
+            self._metrics.batch_rows.observe(len(stage_rows))
+            self._metrics.commit_seconds.observe(elapsed)
         log.debug(
             "ingest batch committed",
             extra={
                 "batch_id": batch_id,
                 "requests": len(batch),
                 "rows": len(stage_rows),
-                "ms": round((time.monotonic() - started) * 1000, 1),
+                "ms": round(elapsed * 1000, 1),
             },
         )
         return outcomes
@@ -343,18 +369,15 @@ class GroupCommitter:
             if record["stored_value"] == reading.value:
                 duplicates[request_number] += 1
                 continue
-            index = request.reading_indexes[reading_number]
-            conflicts[request_number].append(Conflict(index, record["stored_value"], reading.value))
+            conflict = Conflict(
+                request.reading_indexes[reading_number], record["stored_value"], reading.value
+            )
+            conflicts[request_number].append(conflict)
             quarantine_rows.append(
                 self._quarantine_row(
                     request,
                     batch_id,
-                    QuarantineEntry(
-                        "conflict",
-                        f"a different value ({record['stored_value']:g}) is already stored for "
-                        f"this device, metric and time; received {reading.value:g}",
-                        index,
-                    ),
+                    QuarantineEntry("conflict", conflict.detail, conflict.reading_index),
                 )
             )
         outcomes = []

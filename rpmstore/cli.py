@@ -117,6 +117,13 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _ingest_mqtt(settings: Settings, _args: argparse.Namespace) -> int:
+    from rpmstore.ingest_process import run_mqtt_ingestor
+
+    urls = stack.urls(settings)
+    return run_mqtt_ingestor(settings, database_url=urls.database_url, mqtt_url=urls.mqtt_url)
+
+
 def _demo(settings: Settings, _args: argparse.Namespace) -> int:
     from rpmstore.demo import run_demo
 
@@ -163,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.set_defaults(handler=_serve)
+
+    ingest = commands.add_parser("ingest", help="device ingest processes")
+    ingest_kinds = ingest.add_subparsers(dest="kind", required=True, metavar="TRANSPORT")
+    ingest_kinds.add_parser(
+        "mqtt", help="consume device readings from the broker (shared subscription)"
+    ).set_defaults(handler=_ingest_mqtt)
 
     commands.add_parser(
         "demo", help="register a patient and devices, store readings, read them back"

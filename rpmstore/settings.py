@@ -39,3 +39,8 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     migrate_lock_timeout_s: float = Field(default=30.0, ge=0)
+    # Names the ingestor's persistent MQTT session: keep it stable across restarts, distinct
+    # between ingestor processes. Default: rpmstore-ingest-<hostname>.
+    mqtt_client_id: str | None = None
+    mqtt_group: str = "rpmstore-ingest"
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)

@@ -1,0 +1,213 @@
+"""The MQTT ingestor: a shared subscription whose messages are acknowledged only after COMMIT.
+
+- Topic ``rpm/v1/devices/{device_id}/readings``, QoS 1, subscribed as
+  ``$share/<group>/rpm/v1/devices/+/readings`` so several ingestor processes split the load.
+- Persistent session: MQTT 5 ``clean_start=False`` with a session expiry, and a stable client
+  id, so messages that arrive while an ingestor is down wait for it at the broker. A reconnect
+  that finds no session (``session_present`` false) is logged and counted.
+- Manual acknowledgement (paho-mqtt 2.x): a PUBACK is sent once the message's readings (or
+  its quarantine row) have committed, in the order the messages arrived, as MQTT requires.
+  A message the process dies holding is redelivered and recognised as duplicates.
+- Backpressure: the client announces a Receive Maximum, so the broker never has more than that
+  many unacknowledged messages out to us; when the group committer's buffer is full, messages
+  simply wait (unacknowledged) and the broker keeps the rest.
+
+paho runs its network loop in its own thread; messages cross into asyncio through
+``call_soon_threadsafe`` and acknowledgements go back through paho's thread-safe ``ack``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from ingest.committer import BufferFullError
+from ingest.runtime import IngestRuntime
+from ingest.service import PayloadRejectedError
+
+log = logging.getLogger(__name__)
+
+TOPIC_FILTER = "rpm/v1/devices/+/readings"
+_TOPIC = re.compile(r"^rpm/v1/devices/([^/]+)/readings$")
+_BUSY_RETRY_S = 0.2
+_MAX_RETRY_S = 5.0
+
+
+@dataclass(frozen=True)
+class MqttOptions:
+    url: str  # mqtt://user:password@host:port
+    client_id: str  # stable across restarts: it names the persistent session
+    group: str = "rpmstore-ingest"
+    session_expiry_s: int = 7 * 24 * 3600
+    receive_maximum: int = 1000
+    keepalive_s: int = 30
+
+
+def device_in_topic(topic: str) -> str | None:
+    match = _TOPIC.match(topic)
+    return match[1] if match else None
+
+
+@dataclass
+class _Delivery:
+    mid: int
+    generation: int  # which connection delivered it; acks never cross connections
+    topic: str
+    payload: bytes
+
+
+class MqttIngestor:
+    def __init__(self, runtime: IngestRuntime, options: MqttOptions) -> None:
+        self._runtime = runtime
+        self._options = options
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: mqtt.Client | None = None
+        self._generation = 0
+        self._arrival: deque[_Delivery] = deque()  # current connection, in arrival order
+        self._finished: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._accepting = True
+        self._connected = asyncio.Event()
+        self.messages_acked = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set, then finish in-flight messages and disconnect."""
+        self._loop = asyncio.get_running_loop()
+        client = self._make_client()
+        self._client = client
+        parts = urlsplit(self._options.url)
+        client.connect_async(
+            parts.hostname or "127.0.0.1",
+            parts.port or 1883,
+            keepalive=self._options.keepalive_s,
+            clean_start=False,
+            properties=self._connect_properties(),
+        )
+        client.loop_start()
+        try:
+            await stop.wait()
+        finally:
+            self._accepting = False
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            client.disconnect()
+            client.loop_stop()
+
+    async def wait_connected(self, timeout: float = 10) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    def _make_client(self) -> mqtt.Client:
+        parts = urlsplit(self._options.url)
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self._options.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        if parts.username:
+            client.username_pw_set(unquote(parts.username), unquote(parts.password or ""))
+        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _connect_properties(self) -> Properties:
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call] # paho: untyped
+        properties.SessionExpiryInterval = self._options.session_expiry_s
+        properties.ReceiveMaximum = self._options.receive_maximum
+        return properties
+
+    # --- paho's thread -------------------------------------------------------------------
+    def _on_connect(
+        self, client: mqtt.Client, _userdata: Any, flags: Any, code: ReasonCode, _props: Any
+    ) -> None:
+        if code.is_failure:
+            log.error("MQTT connection refused: %s", code)
+            return
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._connection_started, bool(flags.session_present))
+        client.subscribe(f"$share/{self._options.group}/{TOPIC_FILTER}", qos=1)
+
+    def _on_disconnect(
+        self, _client: mqtt.Client, _userdata: Any, _flags: Any, code: ReasonCode, _props: Any
+    ) -> None:
+        log.warning("MQTT disconnected: %s", code)
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(
+            self._received, message.mid, message.topic, bytes(message.payload)
+        )
+
+    # --- the event loop --------------------------------------------------------------------
+    def _connection_started(self, session_present: bool) -> None:
+        if self._generation > 0 and not session_present:
+            self._runtime.metrics.mqtt_sessions_lost.inc()
+            log.warning("MQTT session was not present on reconnect; broker had no queued state")
+        self._generation += 1
+        self._arrival.clear()
+        self._finished.clear()
+        self._connected.set()
+        log.info("MQTT connected", extra={"session_present": session_present})
+
+    def _received(self, mid: int, topic: str, payload: bytes) -> None:
+        if not self._accepting:
+            return  # not acknowledged: the broker redelivers it to this session later
+        delivery = _Delivery(mid, self._generation, topic, payload)
+        self._arrival.append(delivery)
+        task = asyncio.create_task(self._handle(delivery))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, delivery: _Delivery) -> None:
+        claimed = device_in_topic(delivery.topic)
+        try:
+            device_id = uuid.UUID(claimed) if claimed else None
+        except ValueError:
+            device_id = None  # not a uuid: validation reports the device as unknown
+        backoff = _BUSY_RETRY_S
+        while True:
+            try:
+                device = await self._runtime.devices.by_id(device_id) if device_id else None
+                await self._runtime.service.ingest(
+                    delivery.payload,
+                    source="mqtt",
+                    device=device,
+                    claimed_device=claimed,
+                    topic=delivery.topic,
+                )
+                break
+            except PayloadRejectedError:
+                break  # quarantined and committed: acknowledge it like any stored message
+            except BufferFullError:
+                await asyncio.sleep(_BUSY_RETRY_S)  # hold the ack: backpressure to the broker
+            except Exception:
+                # Never acknowledged, never dropped: an unexpected failure is retried, and
+                # later messages wait behind it because acknowledgements go in order.
+                log.exception("MQTT message not stored yet; retrying", extra={"mid": delivery.mid})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_RETRY_S)
+        self._finish(delivery)
+
+    def _finish(self, delivery: _Delivery) -> None:
+        if delivery.generation != self._generation or self._client is None:
+            return  # that connection is gone; the broker redelivers, dedup recognises it
+        self._finished.add(delivery.mid)
+        while self._arrival and self._arrival[0].mid in self._finished:
+            done = self._arrival.popleft()
+            self._finished.discard(done.mid)
+            self._client.ack(done.mid, 1)
+            self.messages_acked += 1

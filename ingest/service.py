@@ -1,0 +1,173 @@
+"""One entry point for every transport: raw payload in, durable outcome out.
+
+HTTP and MQTT both call :meth:`IngestService.ingest`: decode, validate against the cached
+catalogue and device, then hand the request to the group committer and wait for COMMIT.
+Every reading received ends as stored, a recognised duplicate, or quarantined (with the raw
+payload and a specific reason), and the metrics count which.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+from ingest.catalogue import Catalogue
+from ingest.committer import GroupCommitter, IngestOutcome, IngestRequest, QuarantineEntry
+from ingest.devices import DeviceContext
+from ingest.metrics import IngestMetrics
+from ingest.payload import PayloadError, decode_payload
+from ingest.store import Source
+from ingest.validation import Rejection, validate_readings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RejectedReading:
+    index: int
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """The answer for one payload: what was stored and what was rejected, per reading."""
+
+    batch_id: int
+    stored: int
+    duplicates: int
+    rejected: tuple[RejectedReading, ...]
+
+
+class PayloadRejectedError(Exception):
+    """The payload as a whole was unusable; it has been quarantined with this reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class IngestService:
+    def __init__(
+        self,
+        *,
+        committer: GroupCommitter,
+        catalogue: Catalogue,
+        metrics: IngestMetrics,
+        max_future: timedelta = timedelta(minutes=5),
+    ) -> None:
+        self._committer = committer
+        self._catalogue = catalogue
+        self._metrics = metrics
+        self._max_future = max_future
+
+    async def ingest(
+        self,
+        raw: bytes,
+        *,
+        source: Source,
+        device: DeviceContext | None,
+        claimed_device: str | None,
+        topic: str | None = None,
+        require_device_id: bool = False,
+    ) -> IngestReport:
+        """Store what is valid in ``raw`` and quarantine the rest; return after COMMIT.
+
+        ``device`` is the authenticated (HTTP token) or addressed (MQTT topic) device, None when
+        unknown; a payload naming a different device is refused whole.
+        """
+        received = time.time()
+        received_at = datetime.fromtimestamp(received, UTC)
+        base = IngestRequest(
+            readings=(),
+            reading_indexes=(),
+            quarantine=(),
+            raw_payload=raw,
+            received_at=received,
+            claimed_device=claimed_device,
+            topic=topic,
+        )
+        try:
+            payload = decode_payload(raw, require_device_id=require_device_id)
+        except PayloadError as exc:
+            await self._quarantine_whole(base, source, exc.reason, exc.detail)
+            raise PayloadRejectedError(exc.reason, exc.detail) from exc
+        if (
+            payload.device_id is not None
+            and device is not None
+            and payload.device_id != device.device_id
+        ):
+            detail = (
+                f"payload names device {payload.device_id} but was sent "
+                f"{'to the topic' if topic else 'with the token'} of device {device.device_id}"
+            )
+            await self._quarantine_whole(base, source, "device_mismatch", detail)
+            raise PayloadRejectedError("device_mismatch", detail)
+
+        result = validate_readings(
+            payload,
+            device=device,
+            catalogue=self._catalogue,
+            received_at=received_at,
+            max_future=self._max_future,
+        )
+        rejected_indexes = {r.index for r in result.rejected}
+        # Accepted readings come in payload order, a blood-pressure panel as two readings.
+        reading_indexes = [
+            r.index
+            for r in payload.readings
+            if r.index not in rejected_indexes
+            for _ in range(2 if r.is_panel else 1)
+        ]
+        request = IngestRequest(
+            readings=result.accepted,
+            reading_indexes=reading_indexes,
+            quarantine=[_entry(r) for r in result.rejected],
+            raw_payload=raw,
+            received_at=received,
+            claimed_device=claimed_device,
+            topic=topic,
+        )
+        outcome = await self._committer.submit(request)
+        self._count(source, outcome, result.rejected)
+        rejected = [RejectedReading(r.index, r.reason, r.detail) for r in result.rejected]
+        rejected += [
+            RejectedReading(c.reading_index, "conflict", c.detail) for c in outcome.conflicts
+        ]
+        return IngestReport(
+            batch_id=outcome.batch_id,
+            stored=outcome.stored,
+            duplicates=outcome.duplicates,
+            rejected=tuple(sorted(rejected, key=lambda r: r.index)),
+        )
+
+    async def _quarantine_whole(
+        self, base: IngestRequest, source: Source, reason: str, detail: str
+    ) -> None:
+        log.warning("payload quarantined: %s", reason, extra={"source": source, "detail": detail})
+        await self._committer.submit(
+            replace(base, quarantine=(QuarantineEntry(reason, detail, None),))
+        )
+        self._metrics.readings.labels(source, "quarantined", reason).inc()
+
+    def _count(self, source: Source, outcome: IngestOutcome, rejected: list[Rejection]) -> None:
+        readings = self._metrics.readings
+        readings.labels(source, "stored", "").inc(outcome.stored)
+        readings.labels(source, "duplicate", "").inc(outcome.duplicates)
+        for conflict in outcome.conflicts:
+            readings.labels(source, "quarantined", "conflict").inc()
+            log.warning("conflicting reading quarantined", extra={"index": conflict.reading_index})
+        for rejection in rejected:
+            readings.labels(source, "quarantined", rejection.reason).inc()
+        if rejected:
+            log.warning(
+                "readings quarantined",
+                extra={"source": source, "reasons": sorted({r.reason for r in rejected})},
+            )
+
+
+def _entry(rejection: Rejection) -> QuarantineEntry:
+    return QuarantineEntry(rejection.reason, rejection.detail, rejection.index)
