@@ -55,6 +55,17 @@ class MqttOptions:
     keepalive_s: int = 30
 
 
+def shutdown_client(client: mqtt.Client) -> None:
+    """Disconnect, stop the network thread and close every socket the client holds.
+
+    paho keeps its internal wake-up socket pair open after ``loop_stop`` until the client is
+    garbage-collected, which leaks two sockets per client in long-lived processes and tests.
+    """
+    client.disconnect()
+    client.loop_stop()
+    client._reset_sockets()  # the only way paho offers to close the socket pair
+
+
 def device_in_topic(topic: str) -> str | None:
     match = _TOPIC.match(topic)
     return match[1] if match else None
@@ -102,8 +113,7 @@ class MqttIngestor:
             self._accepting = False
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
-            client.disconnect()
-            client.loop_stop()
+            shutdown_client(client)
 
     async def wait_connected(self, timeout: float = 10) -> None:
         await asyncio.wait_for(self._connected.wait(), timeout)
@@ -188,6 +198,7 @@ class MqttIngestor:
                     device=device,
                     claimed_device=claimed,
                     topic=delivery.topic,
+                    require_device_id=True,  # cross-checked with the topic's device
                 )
                 break
             except PayloadRejectedError:

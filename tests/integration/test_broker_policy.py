@@ -12,6 +12,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from ingest.mqtt import shutdown_client
 from rpmstore.localstack.mosquitto import INGEST_USER
 from tests.conftest import Broker
 
@@ -83,8 +84,7 @@ def session(broker: Broker, user: str) -> Iterator[Session]:
         assert not connected[0].is_failure, f"{user} could not connect: {connected[0]}"
         yield state
     finally:
-        client.disconnect()
-        client.loop_stop()
+        shutdown_client(client)
 
 
 def test_device_publishes_only_to_its_own_topic(mqtt_broker: Broker) -> None:
@@ -143,6 +143,5 @@ def test_wrong_password_is_refused(mqtt_broker: Broker) -> None:
     try:
         assert done.wait(TIMEOUT_S)
     finally:
-        client.disconnect()
-        client.loop_stop()
+        shutdown_client(client)
     assert codes[0].is_failure

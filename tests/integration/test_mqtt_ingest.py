@@ -25,6 +25,7 @@ import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from ingest.mqtt import shutdown_client
 from rpmstore.localstack.mosquitto import GATEWAY_USER, INGEST_USER
 from schema.registry import assign_device, register_device, register_patient
 from tests.conftest import Broker, PgServer
@@ -114,8 +115,7 @@ class Publisher:
         wait_until(lambda: self.acked.issuperset(mids), "broker PUBACKs")
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        shutdown_client(self.client)
 
 
 @dataclass(frozen=True)
