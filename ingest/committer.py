@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -37,6 +38,17 @@ _STAGE_COLUMNS = (
     "measured_at",
     "received_at",
     "value",
+    "device_id",
+    "patient_id",
+    "metric_id",
+    "utc_offset_minutes",
+    "client_reading_id",
+)
+_READING_COLUMNS = (
+    "measured_at",
+    "received_at",
+    "value",
+    "batch_id",
     "device_id",
     "patient_id",
     "metric_id",
@@ -289,36 +301,31 @@ class GroupCommitter:
         return [outcome]
 
     async def _commit(self, batch: list[_Pending]) -> list[IngestOutcome]:
-        stage_rows: list[tuple[object, ...]] = []
-        owners: list[tuple[int, int]] = []  # per staged row: (request number, reading number)
-        for request_number, pending in enumerate(batch):
-            for reading_number, r in enumerate(pending.request.readings):
-                stage_rows.append(
-                    (
-                        len(stage_rows),
-                        r.measured_at,
-                        r.received_at,
-                        r.value,
-                        r.device_id,
-                        r.patient_id,
-                        r.metric_id,
-                        r.utc_offset_minutes,
-                        r.client_reading_id,
-                    )
-                )
-                owners.append((request_number, reading_number))
+        # (request number, reading number) of every reading, in batch order
+        owners = [
+            (request_number, reading_number)
+            for request_number, pending in enumerate(batch)
+            for reading_number in range(len(pending.request.readings))
+        ]
         started = time.monotonic()
         async with self._pool.acquire() as conn, conn.transaction():
-            batch_id = int(await conn.fetchval(self._q["next_batch_id"]))
+            batch_id, threshold = await conn.fetchrow(self._q["begin_batch"])
             not_stored: list[asyncpg.Record] = []
-            if stage_rows:
-                await conn.execute(self._q["create_stage"])
-                await conn.copy_records_to_table(
-                    "ingest_stage", records=stage_rows, columns=_STAGE_COLUMNS
-                )
-                inserted = int(await conn.fetchval(self._q["merge_stage"], batch_id))
-                if inserted < len(stage_rows):
-                    not_stored = await conn.fetch(self._q["classify_not_stored"], batch_id)
+            if owners:
+                try:
+                    # Fast path: almost every batch holds only new readings, so COPY straight
+                    # into the hypertable. A savepoint keeps the transaction usable if a
+                    # reading turns out to be stored already (unique violation on the key).
+                    async with conn.transaction():
+                        await conn.copy_records_to_table(
+                            "readings",
+                            schema_name="rpm",
+                            records=_reading_rows(batch, batch_id),
+                            columns=_READING_COLUMNS,
+                        )
+                    await self._record_late(conn, batch, batch_id, threshold)
+                except asyncpg.UniqueViolationError:
+                    not_stored = await self._merge(conn, batch, batch_id, len(owners))
             outcomes, quarantine_rows = self._outcomes(batch, batch_id, owners, not_stored)
             if quarantine_rows:
                 await conn.copy_records_to_table(
@@ -339,18 +346,54 @@ class GroupCommitter:
             )
         elapsed = time.monotonic() - started
         if self._metrics:
-            self._metrics.batch_rows.observe(len(stage_rows))
+            self._metrics.batch_rows.observe(len(owners))
             self._metrics.commit_seconds.observe(elapsed)
         log.debug(
             "ingest batch committed",
             extra={
                 "batch_id": batch_id,
                 "requests": len(batch),
-                "rows": len(stage_rows),
+                "rows": len(owners),
                 "ms": round(elapsed * 1000, 1),
             },
         )
         return outcomes
+
+    async def _merge(
+        self, conn: asyncpg.Connection, batch: list[_Pending], batch_id: int, rows: int
+    ) -> list[asyncpg.Record]:
+        """The deduplicating path: stage, merge on the natural key, classify what was not new."""
+        await conn.execute(self._q["create_stage"])
+        await conn.copy_records_to_table(
+            "ingest_stage", records=_stage_rows(batch), columns=_STAGE_COLUMNS
+        )
+        inserted = int(await conn.fetchval(self._q["merge_stage"], batch_id))
+        if inserted == rows:
+            return []
+        return list(await conn.fetch(self._q["classify_not_stored"], batch_id))
+
+    async def _record_late(
+        self,
+        conn: asyncpg.Connection,
+        batch: list[_Pending],
+        batch_id: int,
+        threshold: datetime | None,
+    ) -> None:
+        """Invalidate rolled-up ranges that this batch's late readings fall into."""
+        if threshold is None:
+            return
+        ranges: dict[tuple[uuid.UUID, int], tuple[datetime, datetime]] = {}
+        for pending in batch:
+            for r in pending.request.readings:
+                if r.measured_at < threshold:
+                    key = (r.patient_id, r.metric_id)
+                    low, high = ranges.get(key, (r.measured_at, r.measured_at))
+                    ranges[key] = (min(low, r.measured_at), max(high, r.measured_at))
+        if ranges:
+            await conn.executemany(
+                self._q["insert_invalidation"],
+                [(p, m, low, high, batch_id) for (p, m), (low, high) in ranges.items()],
+            )
 
     def _outcomes(
         self,
@@ -411,6 +454,42 @@ class GroupCommitter:
             request.topic,
             batch_id,
         )
+
+
+def _reading_rows(batch: list[_Pending], batch_id: int) -> list[tuple[object, ...]]:
+    return [
+        (
+            r.measured_at,
+            r.received_at,
+            r.value,
+            batch_id,
+            r.device_id,
+            r.patient_id,
+            r.metric_id,
+            r.utc_offset_minutes,
+            r.client_reading_id,
+        )
+        for pending in batch
+        for r in pending.request.readings
+    ]
+
+
+def _stage_rows(batch: list[_Pending]) -> list[tuple[object, ...]]:
+    readings = (r for pending in batch for r in pending.request.readings)
+    return [
+        (
+            seq,
+            r.measured_at,
+            r.received_at,
+            r.value,
+            r.device_id,
+            r.patient_id,
+            r.metric_id,
+            r.utc_offset_minutes,
+            r.client_reading_id,
+        )
+        for seq, r in enumerate(readings)
+    ]
 
 
 async def check_durability(pool: asyncpg.Pool) -> None:

@@ -1,6 +1,8 @@
 -- The group committer's statements (asyncpg: $n placeholders). One batch = one transaction:
--- COPY into a per-session staging table, merge into the hypertable with the natural key
--- deciding duplicates, record invalidated rollup ranges, record the batch.
+-- binary COPY straight into the hypertable; if any reading is already stored, that COPY is
+-- rolled back to its savepoint and the batch goes through a per-session staging table and a
+-- merge on the natural key that classifies duplicates and conflicts. Late readings record
+-- the rollup ranges they invalidate; the batch row records the outcome.
 
 -- name: create_stage
 -- Temporary and emptied at every COMMIT: a failed or retried batch never leaves rows behind.
@@ -16,8 +18,15 @@ CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
     client_reading_id  text
 ) ON COMMIT DELETE ROWS;
 
--- name: next_batch_id
-SELECT nextval(pg_get_serial_sequence('rpm.ingest_batches', 'batch_id'));
+-- name: begin_batch
+-- The batch id, and the rollup invalidation threshold (NULL while nothing is rolled up yet).
+SELECT nextval(pg_get_serial_sequence('rpm.ingest_batches', 'batch_id')),
+       nullif(invalidation_threshold, '-infinity')
+FROM rpm.rollup_watermark;
+
+-- name: insert_invalidation
+INSERT INTO rpm.rollup_invalidations (patient_id, metric_id, range_start, range_end, batch_id)
+VALUES ($1, $2, $3, $4, $5);
 
 -- name: merge_stage
 -- ORDER BY seq: within one batch the first copy of a key wins and later copies are classified

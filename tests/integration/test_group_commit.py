@@ -251,3 +251,27 @@ def test_refuses_to_run_without_synchronous_commit(db_url: str, conn: psycopg.Co
 
     with pytest.raises(UnsafeDatabaseSettingsError, match="synchronous_commit is 'off'"):
         run_with_committer(db_url, body)
+
+
+def test_late_readings_in_a_batch_with_duplicates_invalidate_only_new_rows(
+    db_url: str, conn: psycopg.Connection
+) -> None:
+    """The deduplicating (merge) path records invalidations for the rows it inserted only."""
+    device = uuid.uuid4()
+    already = reading(device, -40, 70.0)
+
+    async def first(committer: GroupCommitter) -> IngestOutcome:
+        return await committer.submit(request([already]))
+
+    run_with_committer(db_url, first)
+    conn.execute("UPDATE rpm.rollup_watermark SET invalidation_threshold = %s", (T0,))
+    new_late = reading(device, -20, 71.0)
+
+    async def second(committer: GroupCommitter) -> IngestOutcome:
+        return await committer.submit(request([already, new_late]))
+
+    outcome = run_with_committer(db_url, second)
+    assert (outcome.stored, outcome.duplicates) == (1, 1)
+    assert conn.execute(
+        "SELECT range_start, range_end, batch_id FROM rpm.rollup_invalidations"
+    ).fetchall() == [(new_late.measured_at, new_late.measured_at, outcome.batch_id)]

@@ -1,0 +1,355 @@
+"""Ingest throughput as ratios against raw binary COPY, all measured in one run.
+
+The same readings (same devices, patients, times and values) are written four ways, each into
+a fresh clone of the migrated database (same table, same indexes, empty at the start):
+
+1. raw COPY: asyncpg ``copy_records_to_table`` straight into rpm.readings, one transaction per
+   5,000 rows: the baseline, nothing validated, nothing deduplicated;
+2. the idempotent path: the group committer (staging COPY + INSERT ... ON CONFLICT, outcome
+   classification, batch lineage), fed validated readings: its ratio is the dedup tax;
+3. HTTP end to end: JSON payloads posted to ``rpmstore serve`` with device tokens, decoded,
+   validated and group-committed; timed until the last 200 (answered after COMMIT);
+4. MQTT end to end: the same payloads published QoS 1 as the gateway account to a real
+   Mosquitto, consumed by ``rpmstore ingest mqtt``; timed until every row is in the table.
+
+Ratios are what to compare between machines: rows/s of a path / rows/s of raw COPY measured
+minutes apart on the same machine. Results go to reports/bench-ingest.json and stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import httpx2
+import psycopg
+import pytest
+
+from ingest.committer import GroupCommitter, IngestRequest
+from ingest.mqtt import shutdown_client
+from ingest.store import ValidatedReading
+from rpmstore.localstack.mosquitto import GATEWAY_USER, INGEST_USER
+from schema.registry import assign_device, register_device, register_patient
+from tests.conftest import Broker, DatabaseFactory, free_port
+
+pytestmark = pytest.mark.benchmark
+
+ROWS = int(os.environ.get("RPMSTORE_BENCH_ROWS", "200000"))
+READINGS_PER_PAYLOAD = int(os.environ.get("RPMSTORE_BENCH_PAYLOAD", "500"))
+DEVICES = 100
+CONCURRENCY = 8
+COPY_CHUNK = 5000
+REPORT = Path(__file__).resolve().parents[1] / "reports" / "bench-ingest.json"
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+HEART_RATE = 1
+
+
+@dataclass(frozen=True)
+class Device:
+    device_id: uuid.UUID
+    patient_id: uuid.UUID
+    token: str
+
+
+@dataclass(frozen=True)
+class Dataset:
+    devices: list[Device]
+    # per device: (measured_at, value); one reading per second per device
+    series: list[list[tuple[datetime, float]]]
+
+    @property
+    def rows(self) -> int:
+        return sum(len(s) for s in self.series)
+
+    def readings(self) -> Iterator[ValidatedReading]:
+        received = datetime.now(UTC)
+        for device, series in zip(self.devices, self.series, strict=True):
+            for at, value in series:
+                yield ValidatedReading(
+                    at, device.device_id, device.patient_id, HEART_RATE, value, received
+                )
+
+    def payloads(self) -> Iterator[tuple[Device, bytes]]:
+        for device, series in zip(self.devices, self.series, strict=True):
+            for start in range(0, len(series), READINGS_PER_PAYLOAD):
+                chunk = series[start : start + READINGS_PER_PAYLOAD]
+                body = {
+                    "device_id": str(device.device_id),
+                    "readings": [
+                        {
+                            "metric": "heart_rate",
+                            "value": value,
+                            "unit": "/min",
+                            "time": int(at.timestamp() * 1000),
+                        }
+                        for at, value in chunk
+                    ],
+                }
+                yield device, json.dumps(body).encode()
+
+
+def register(conn: psycopg.Connection) -> list[Device]:
+    devices = []
+    for n in range(DEVICES):
+        patient = register_patient(conn)
+        device = register_device(
+            conn, kind="wearable", manufacturer="Bench", model="HR", serial_number=f"B-{n}"
+        )
+        assign_device(
+            conn, device_id=device.device_id, patient_id=patient, valid_from=T0 - timedelta(days=1)
+        )
+        devices.append(Device(device.device_id, patient, device.token))
+    return devices
+
+
+def dataset(devices: list[Device]) -> Dataset:
+    per_device = ROWS // len(devices)
+    series = [
+        [(T0 + timedelta(seconds=s), float(60 + (s * 7 + d) % 40)) for s in range(per_device)]
+        for d in range(len(devices))
+    ]
+    return Dataset(devices, series)
+
+
+def count_rows(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM rpm.readings").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def raw_copy(url: str, data: Dataset) -> float:
+    records = [
+        (r.measured_at, r.received_at, r.value, 0, r.device_id, r.patient_id, r.metric_id)
+        for r in data.readings()
+    ]
+    columns = (
+        "measured_at",
+        "received_at",
+        "value",
+        "batch_id",
+        "device_id",
+        "patient_id",
+        "metric_id",
+    )
+    async with asyncpg.create_pool(url, min_size=1, max_size=2) as pool:
+        started = time.perf_counter()
+        for start in range(0, len(records), COPY_CHUNK):
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.copy_records_to_table(
+                    "readings",
+                    schema_name="rpm",
+                    records=records[start : start + COPY_CHUNK],
+                    columns=columns,
+                )
+        return time.perf_counter() - started
+
+
+async def idempotent_commit(url: str, data: Dataset) -> float:
+    readings = list(data.readings())
+    requests = [
+        IngestRequest(
+            readings=readings[i : i + READINGS_PER_PAYLOAD],
+            reading_indexes=range(min(READINGS_PER_PAYLOAD, len(readings) - i)),
+            quarantine=(),
+            raw_payload=b"",
+            received_at=time.time(),
+        )
+        for i in range(0, len(readings), READINGS_PER_PAYLOAD)
+    ]
+    async with asyncpg.create_pool(url, min_size=2, max_size=4) as pool:
+        committer = GroupCommitter(pool, source="import", max_batch_rows=COPY_CHUNK)
+        await committer.start()
+        queue = iter(requests)
+        started = time.perf_counter()
+
+        async def client() -> None:
+            for request in queue:
+                await committer.submit(request)
+
+        await asyncio.gather(*(client() for _ in range(CONCURRENCY)))
+        elapsed = time.perf_counter() - started
+        await committer.stop()
+    return elapsed
+
+
+@dataclass
+class Child:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def wait_for_log(self, text: bytes, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log.read_bytes():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(self.log.read_text(errors="replace")[-2000:])
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)
+
+
+def start_child(args: list[str], env: dict[str, str], log: Path) -> Child:
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rpmstore.cli", *args],
+            env={
+                **os.environ,
+                "RPMSTORE_LOG_FORMAT": "json",
+                "RPMSTORE_LOG_LEVEL": "WARNING",
+                **env,
+            },
+            stdout=out,
+            stderr=out,
+        )
+    return Child(process, log)
+
+
+async def http_end_to_end(base_url: str, data: Dataset) -> float:
+    payloads = list(data.payloads())
+    queue = iter(payloads)
+    async with httpx2.AsyncClient(base_url=base_url, timeout=60) as client:
+        started = time.perf_counter()
+
+        async def sender() -> None:
+            for device, body in queue:
+                response = await client.post(
+                    "/v1/readings",
+                    content=body,
+                    headers={"Authorization": f"Bearer {device.token}"},
+                )
+                assert response.status_code == 200, response.text
+
+        await asyncio.gather(*(sender() for _ in range(CONCURRENCY)))
+        return time.perf_counter() - started
+
+
+def mqtt_end_to_end(broker: Broker, url: str, data: Dataset) -> float:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-gw", protocol=mqtt.MQTTv5)
+    client.username_pw_set(GATEWAY_USER, broker.passwords[GATEWAY_USER])
+    client.max_inflight_messages_set(200)
+    client.max_queued_messages_set(0)
+    client.connect_async("127.0.0.1", broker.instance.port)
+    client.loop_start()
+    payloads = list(data.payloads())
+    try:
+        started = time.perf_counter()
+        for device, body in payloads:
+            client.publish(f"rpm/v1/devices/{device.device_id}/readings", body, qos=1)
+        deadline = time.monotonic() + 600
+        while count_rows(url) < data.rows:
+            assert time.monotonic() < deadline, "MQTT pipeline did not store every row"
+            time.sleep(0.05)
+        return time.perf_counter() - started
+    finally:
+        shutdown_client(client)
+
+
+def test_ingest_throughput_ratios(
+    database_factory: DatabaseFactory,
+    migrated_template: str,
+    mqtt_broker: Broker,
+    tmp_path: Path,
+) -> None:
+    setup_url = database_factory.clone(migrated_template)
+    with psycopg.connect(setup_url, autocommit=True) as conn:
+        devices = register(conn)
+    data = dataset(devices)
+    # Every path starts from a copy of the same registered, empty database.
+    setup_name = psycopg.conninfo.conninfo_to_dict(setup_url)["dbname"]
+    with database_factory.server.admin() as admin:
+        admin.execute(
+            psycopg.sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(
+                psycopg.sql.Identifier(str(setup_name))
+            )
+        )
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (setup_name,),
+        )
+    urls = {
+        path: database_factory.clone(str(setup_name))
+        for path in ("raw_copy", "idempotent", "http", "mqtt")
+    }
+    seconds: dict[str, float] = {}
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+
+    seconds["raw_copy"] = asyncio.run(raw_copy(urls["raw_copy"], data))
+    seconds["idempotent"] = asyncio.run(idempotent_commit(urls["idempotent"], data))
+
+    port = free_port()
+    api = start_child(
+        ["serve", "--port", str(port)],
+        {"DATABASE_URL": urls["http"], "MQTT_URL": "mqtt://unused@127.0.0.1:1"},
+        tmp_path / "api.log",
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx2.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            except httpx2.TransportError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "api.log").read_text()
+            time.sleep(0.2)
+        seconds["http"] = asyncio.run(http_end_to_end(f"http://127.0.0.1:{port}", data))
+    finally:
+        api.stop()
+
+    ingestor = start_child(
+        ["ingest", "mqtt"],
+        {
+            "DATABASE_URL": urls["mqtt"],
+            "MQTT_URL": mqtt_broker.url(INGEST_USER),
+            "RPMSTORE_MQTT_CLIENT_ID": f"bench-{uuid.uuid4().hex[:6]}",
+            "RPMSTORE_MQTT_GROUP": f"bench{uuid.uuid4().hex[:6]}",
+            "RPMSTORE_LOG_LEVEL": "INFO",
+        },
+        tmp_path / "ingestor.log",
+    )
+    try:
+        ingestor.wait_for_log(b"MQTT connected")
+        seconds["mqtt"] = mqtt_end_to_end(mqtt_broker, urls["mqtt"], data)
+    finally:
+        ingestor.stop()
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+
+    for path, url in urls.items():
+        assert count_rows(url) == data.rows, f"{path} stored a different number of rows"
+    rows_per_s = {path: data.rows / s for path, s in seconds.items()}
+    baseline = rows_per_s["raw_copy"]
+    result = {
+        "rows": data.rows,
+        "readings_per_payload": READINGS_PER_PAYLOAD,
+        "concurrency": CONCURRENCY,
+        "rows_per_s": {k: round(v) for k, v in rows_per_s.items()},
+        "ratio_to_raw_copy": {k: round(v / baseline, 3) for k, v in rows_per_s.items()},
+        "dedup_tax": round(rows_per_s["idempotent"] / baseline, 3),
+        "load_generator_cpu_s": round(
+            (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime),
+            1,
+        ),
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    REPORT.parent.mkdir(exist_ok=True)
+    REPORT.write_text(json.dumps(result, indent=2) + "\n")
+    print("\n| path | rows/s | ÷ raw COPY |\n|---|---:|---:|")  # noqa: T201 - the benchmark's report
+    for path in seconds:
+        print(f"| {path} | {rows_per_s[path]:,.0f} | {rows_per_s[path] / baseline:.2f} |")  # noqa: T201
