@@ -14,7 +14,7 @@ import asyncpg
 from ingest.catalogue import Catalogue, MetricSpec, UnitConversion
 from ingest.committer import RETRYABLE_DATABASE_ERRORS, DatabaseUnavailableError
 from ingest.devices import Assignment, DeviceContext
-from schema.registry import hash_device_token
+from schema.credentials import hash_device_token
 from schema.sql import queries
 
 # Unknown ids are cached too (garbage topics must not each cost a query), so the caches are

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from datetime import date, datetime
 
 import psycopg
 
+from schema.credentials import hash_device_token, mosquitto_password_hash
 from schema.sql import queries
 
 
@@ -33,10 +33,6 @@ class PatientIdentity:
 class RegisteredDevice:
     device_id: uuid.UUID
     token: str  # shown once; only its SHA-256 is stored
-
-
-def hash_device_token(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
 
 
 def register_patient(
@@ -82,6 +78,7 @@ def register_device(
             "model": model,
             "serial_number": serial_number,
             "credential_sha256": hash_device_token(token),
+            "broker_password_hash": mosquitto_password_hash(token),
         },
     ).fetchone()
     assert row is not None
@@ -131,3 +128,8 @@ def patient_for_device_at(
     """The patient the device was assigned to at ``at`` (None when unassigned then)."""
     row = conn.execute(_q("patient_for_device_at"), {"device_id": device_id, "at": at}).fetchone()
     return None if row is None else row[0]
+
+
+def broker_device_accounts(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """(username, Mosquitto password hash) of every device allowed on the broker now."""
+    return [(row[0], row[1]) for row in conn.execute(_q("broker_device_accounts")).fetchall()]

@@ -117,6 +117,10 @@ CREATE TABLE rpm.devices (
     created_at        timestamptz NOT NULL DEFAULT now(),
     updated_at        timestamptz NOT NULL DEFAULT now(),
     deleted_at        timestamptz,
+    -- The broker's own salted hash of the token (Mosquitto's PBKDF2-SHA512 "$7$" format), so a
+    -- device logs in to MQTT as its device id with its token; computed at registration.
+    broker_password_hash text
+        CONSTRAINT devices_broker_password_hash_format CHECK (broker_password_hash ~ '^\$7\$[0-9]+\$'),
     CONSTRAINT devices_serial_once UNIQUE (manufacturer, model, serial_number)
 );
 

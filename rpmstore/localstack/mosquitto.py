@@ -7,14 +7,15 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from rpmstore.localstack.debian_root import STATE_DIR_IN_ROOT, DebianRoot
 from rpmstore.localstack.errors import StackUnavailableError
+from schema.credentials import mosquitto_password_hash
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,14 @@ class MosquittoInstance:
     def log_file(self) -> Path:
         return self.root.host_path(f"{self._dir}/mosquitto.log")
 
-    def configure(self, passwords: dict[str, str]) -> None:
-        """Write the main config, the shipped policy and a hashed password file."""
+    def configure(
+        self, passwords: dict[str, str], device_accounts: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """Write the main config, the shipped policy and the password file.
+
+        ``passwords``: service accounts in plain text (hashed here); ``device_accounts``:
+        (device id, Mosquitto hash) pairs as registration stored them.
+        """
         account = self.root.account("mosquitto")
         self.root.make_private_dir(self._dir, account)
         self.root.make_private_dir(f"{self._dir}/data", account)
@@ -63,18 +70,30 @@ class MosquittoInstance:
                 f"{_shipped_policy('limits.conf')}"
             ),
             "acl": _shipped_policy("acl"),
-            # Plain text first; mosquitto_passwd -U then hashes it in place.
-            "passwd": "".join(f"{user}:{password}\n" for user, password in passwords.items()),
+            "passwd": _password_file(passwords, device_accounts),
         }
         for file_name, text in files.items():
-            host = self.root.host_path(f"{self._dir}/{file_name}")
-            host.write_text(text)
-            os.chown(host, account.uid, account.gid)
-            host.chmod(0o600)
-        try:
-            self.root.run(account, ["/usr/bin/mosquitto_passwd", "-U", f"{self._dir}/passwd"])
-        except subprocess.CalledProcessError as exc:
-            raise StackUnavailableError(f"mosquitto_passwd failed: {exc.stderr.strip()}") from exc
+            self._write_private(file_name, text, account.uid, account.gid)
+
+    def set_device_accounts(
+        self, passwords: dict[str, str], device_accounts: Sequence[tuple[str, str]]
+    ) -> None:
+        """Replace the password file and make a running broker reload it (SIGHUP)."""
+        account = self.root.account("mosquitto")
+        self._write_private(
+            "passwd", _password_file(passwords, device_accounts), account.uid, account.gid
+        )
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGHUP)
+
+    def _write_private(self, file_name: str, text: str, uid: int, gid: int) -> None:
+        host = self.root.host_path(f"{self._dir}/{file_name}")
+        temporary = host.with_name(f".{file_name}.tmp")
+        temporary.write_text(text)
+        os.chown(temporary, uid, gid)
+        temporary.chmod(0o600)
+        temporary.replace(host)  # the broker never reads a half-written file
 
     def is_configured(self) -> bool:
         return self.root.host_path(f"{self._dir}/mosquitto.conf").exists()
@@ -150,6 +169,14 @@ class MosquittoInstance:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return ""
+
+
+def _password_file(
+    passwords: dict[str, str], device_accounts: Sequence[tuple[str, str]]
+) -> str:
+    lines = [f"{user}:{mosquitto_password_hash(secret)}" for user, secret in passwords.items()]
+    lines += [f"{device}:{password_hash}" for device, password_hash in device_accounts]
+    return "".join(f"{line}\n" for line in lines)
 
 
 def _port_open(port: int) -> bool:

@@ -20,7 +20,7 @@ from psycopg.conninfo import make_conninfo
 
 from rpmstore.localstack import docker, provision
 from rpmstore.localstack.debian_root import DebianRoot, ensure_root
-from rpmstore.localstack.errors import StackNotRunningError
+from rpmstore.localstack.errors import StackNotRunningError, StackUnavailableError
 from rpmstore.localstack.model import (
     DATABASE,
     OWNER_ROLE,
@@ -31,6 +31,7 @@ from rpmstore.localstack.model import (
 from rpmstore.localstack.mosquitto import GATEWAY_USER, INGEST_USER, MosquittoInstance
 from rpmstore.localstack.postgres import SUPERUSER, PostgresInstance, new_password
 from rpmstore.settings import Settings
+from schema.registry import broker_device_accounts
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +134,40 @@ def _chroot_up(settings: Settings) -> StackUrls:
     if not postgres.is_initialized():
         postgres.initialize(state.superuser_password)
     postgres.start()
+    # Provision first: the broker's device accounts are read from the application database.
+    stack_urls = _chroot_urls(state)
+    assert stack_urls.admin_database_url is not None
+    provision_database(stack_urls.admin_database_url, state.owner_password)
     # Rewritten on every up: cheap, and it picks up a changed shipped broker policy.
-    mosquitto.configure(state.mqtt_passwords)
+    mosquitto.configure(state.mqtt_passwords, _device_accounts(stack_urls.database_url))
     mosquitto.start()
-    return _chroot_urls(state)
+    return stack_urls
+
+
+def _device_accounts(database_url: str) -> list[tuple[str, str]]:
+    """Device broker accounts, or none while the schema has not been migrated yet."""
+    try:
+        with psycopg.connect(database_url) as conn:
+            return broker_device_accounts(conn)
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
+        return []
+
+
+def sync_broker_devices(settings: Settings) -> int:
+    """Give every active device its own broker account on the embedded Mosquitto (and remove
+    those of suspended, retired or deleted devices); return how many devices have one."""
+    if choose_backend(settings) != "chroot":
+        raise StackUnavailableError(
+            "rpmstore broker sync manages the embedded Mosquitto only; for another broker, "
+            "install the lines of 'rpmstore broker passwd' in its password file"
+        )
+    state = _load_state(settings)
+    if state is None:
+        raise StackNotRunningError("the embedded stack is not set up: run 'rpmstore db up'")
+    accounts = _device_accounts(_chroot_urls(state).database_url)
+    _, mosquitto = _chroot_servers(settings, state)
+    mosquitto.set_device_accounts(state.mqtt_passwords, accounts)
+    return len(accounts)
 
 
 def provision_database(admin_database_url: str, owner_password: str) -> None:
@@ -156,8 +187,10 @@ def up(settings: Settings) -> StackUrls:
     if backend == "external":
         log.info("using existing servers from DATABASE_URL and MQTT_URL; nothing to start")
         return urls(settings)
-    stack_urls = docker.up(settings) if backend == "docker" else _chroot_up(settings)
-    assert stack_urls.admin_database_url is not None  # both local back ends know the superuser
+    if backend == "chroot":
+        return _chroot_up(settings)
+    stack_urls = docker.up(settings)
+    assert stack_urls.admin_database_url is not None  # the compose file knows the superuser
     owner_password = psycopg.conninfo.conninfo_to_dict(stack_urls.database_url)["password"]
     provision_database(stack_urls.admin_database_url, str(owner_password))
     return stack_urls

@@ -13,8 +13,10 @@ INSERT INTO rpm.patient_identifiers (patient_id, system, value)
 VALUES (%(patient_id)s, %(system)s, %(value)s);
 
 -- name: insert_device
-INSERT INTO rpm.devices (kind, manufacturer, model, serial_number, credential_sha256)
-VALUES (%(kind)s, %(manufacturer)s, %(model)s, %(serial_number)s, %(credential_sha256)s)
+INSERT INTO rpm.devices (kind, manufacturer, model, serial_number, credential_sha256,
+                         broker_password_hash)
+VALUES (%(kind)s, %(manufacturer)s, %(model)s, %(serial_number)s, %(credential_sha256)s,
+        %(broker_password_hash)s)
 RETURNING device_id;
 
 -- name: insert_assignment
@@ -33,3 +35,10 @@ RETURNING assignment_id;
 
 -- name: patient_for_device_at
 SELECT rpm.patient_for_device_at(%(device_id)s, %(at)s);
+
+-- name: broker_device_accounts
+-- Every device that may log in to the broker now: active, not deleted, with a broker hash.
+SELECT device_id::text, broker_password_hash
+FROM rpm.devices
+WHERE status = 'active' AND deleted_at IS NULL AND broker_password_hash IS NOT NULL
+ORDER BY device_id;

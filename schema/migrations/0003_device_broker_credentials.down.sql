@@ -1,0 +1,1 @@
+ALTER TABLE rpm.devices DROP COLUMN broker_password_hash;
