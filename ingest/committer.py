@@ -44,7 +44,7 @@ _STAGE_COLUMNS = (
     "utc_offset_minutes",
     "client_reading_id",
 )
-_READING_COLUMNS = (
+READING_COLUMNS = (
     "measured_at",
     "received_at",
     "value",
@@ -321,7 +321,7 @@ class GroupCommitter:
                             "readings",
                             schema_name="rpm",
                             records=_reading_rows(batch, batch_id),
-                            columns=_READING_COLUMNS,
+                            columns=READING_COLUMNS,
                         )
                     await self._record_late(conn, batch, batch_id, threshold)
                 except asyncpg.UniqueViolationError:

@@ -15,6 +15,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from ingest.mqtt import shutdown_client
 from rpmstore.localstack.mosquitto import INGEST_USER
 from tests.conftest import Broker
+from tests.integration.test_device_broker_accounts import connect_code
 
 TIMEOUT_S = 10
 
@@ -126,22 +127,5 @@ def test_device_cannot_read_other_devices_readings(mqtt_broker: Broker) -> None:
 
 
 def test_wrong_password_is_refused(mqtt_broker: Broker) -> None:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.username_pw_set("device-a", "not-the-password")
-    codes: list[ReasonCode] = []
-    done = threading.Event()
-
-    def on_connect(*args: object) -> None:
-        code = args[3]
-        assert isinstance(code, ReasonCode)
-        codes.append(code)
-        done.set()
-
-    client.on_connect = on_connect
-    client.connect("127.0.0.1", mqtt_broker.instance.port)
-    client.loop_start()
-    try:
-        assert done.wait(TIMEOUT_S)
-    finally:
-        shutdown_client(client)
-    assert codes[0].is_failure
+    assert connect_code(mqtt_broker, "device-a", "not-the-password").is_failure
+    assert not connect_code(mqtt_broker, "device-a", mqtt_broker.passwords["device-a"]).is_failure
