@@ -14,6 +14,7 @@ from rpmstore.logs import configure_logging
 from rpmstore.settings import Settings
 from schema.edition import TimescaleMissingError, detect_edition
 from schema.migrate import MigrationError, Migrator
+from schema.registry import broker_device_accounts
 
 # Errors a user can act on: printed as one line, exit status 2, no traceback.
 _USER_ERRORS = (
@@ -117,6 +118,19 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _broker_sync(settings: Settings, _args: argparse.Namespace) -> int:
+    devices = stack.sync_broker_devices(settings)
+    print(f"broker accounts: {devices} active devices (service accounts kept)")
+    return 0
+
+
+def _broker_passwd(settings: Settings, _args: argparse.Namespace) -> int:
+    with psycopg.connect(_database_url(settings)) as conn:
+        for device_id, password_hash in broker_device_accounts(conn):
+            print(f"{device_id}:{password_hash}")
+    return 0
+
+
 def _ingest_mqtt(settings: Settings, _args: argparse.Namespace) -> int:
     from rpmstore.ingest_process import run_mqtt_ingestor
 
@@ -170,6 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.set_defaults(handler=_serve)
+
+    broker = commands.add_parser("broker", help="device accounts on the MQTT broker")
+    broker_actions = broker.add_subparsers(dest="action", required=True, metavar="ACTION")
+    broker_actions.add_parser(
+        "sync", help="give the embedded Mosquitto one account per active device, and reload it"
+    ).set_defaults(handler=_broker_sync)
+    broker_actions.add_parser(
+        "passwd", help="print device lines for any Mosquitto password_file"
+    ).set_defaults(handler=_broker_passwd)
 
     ingest = commands.add_parser("ingest", help="device ingest processes")
     ingest_kinds = ingest.add_subparsers(dest="kind", required=True, metavar="TRANSPORT")

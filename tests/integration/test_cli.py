@@ -7,6 +7,7 @@ import pytest
 
 from rpmstore.cli import main
 from schema.migrate import discover_migrations
+from schema.registry import register_device
 
 
 @pytest.fixture
@@ -61,3 +62,22 @@ def test_unreachable_database_is_a_clear_error(
     point_at("postgresql://nobody@127.0.0.1:1/nothing?connect_timeout=2")
     assert main(["migrate", "status"]) == 2
     assert "rpmstore: error:" in capsys.readouterr().err
+
+
+def test_broker_passwd_prints_a_line_per_active_device(
+    db_url: str, point_at: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert callable(point_at)
+    point_at(db_url)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        active = register_device(
+            conn, kind="scale", manufacturer="Acme", model="S", serial_number="1"
+        ).device_id
+        retired = register_device(
+            conn, kind="scale", manufacturer="Acme", model="S", serial_number="2"
+        ).device_id
+        conn.execute("UPDATE rpm.devices SET status = 'retired' WHERE device_id = %s", (retired,))
+    assert main(["broker", "passwd"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":", 1)[0] for line in lines] == [str(active)]
+    assert lines[0].split(":", 1)[1].startswith("$7$101$")
