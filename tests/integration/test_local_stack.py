@@ -17,7 +17,10 @@ from rpmstore.localstack.debian_root import STATE_DIR_IN_ROOT, DebianRoot
 from rpmstore.localstack.mosquitto import MosquittoInstance
 from rpmstore.localstack.postgres import PostgresInstance
 from rpmstore.settings import Settings
-from tests.conftest import free_port
+from schema.migrate import Migrator
+from schema.registry import register_device
+from tests.conftest import Broker, free_port
+from tests.integration.test_device_broker_accounts import connect_code
 
 
 @pytest.fixture
@@ -116,3 +119,24 @@ def test_commands_without_a_stack_say_what_to_do(
     assert stack_settings.database_url is None
     assert main(["migrate", "status"]) == 2
     assert "run 'rpmstore db up'" in capsys.readouterr().err
+
+
+def test_broker_sync_lets_registered_devices_log_in(
+    stack_settings: Settings, debian_root: DebianRoot, capsys: pytest.CaptureFixture[str]
+) -> None:
+    urls = stack.up(stack_settings)
+    with psycopg.connect(urls.database_url, autocommit=True) as conn:
+        Migrator(conn).up()
+        device = register_device(
+            conn, kind="thermometer", manufacturer="Acme", model="T", serial_number="T-1"
+        )
+    assert main(["broker", "sync"]) == 0
+    assert "1 active devices" in capsys.readouterr().out
+    broker = Broker(
+        MosquittoInstance(debian_root, stack_settings.instance, stack_settings.mqtt_port), {}
+    )
+    codes = [connect_code(broker, str(device.device_id), device.token) for _ in range(50)]
+    assert any(not code.is_failure for code in codes)
+    # A later db up keeps the device accounts (it rebuilds the password file from the database).
+    stack.up(stack_settings)
+    assert not connect_code(broker, str(device.device_id), device.token).is_failure
