@@ -171,9 +171,7 @@ class MosquittoInstance:
             return ""
 
 
-def _password_file(
-    passwords: dict[str, str], device_accounts: Sequence[tuple[str, str]]
-) -> str:
+def _password_file(passwords: dict[str, str], device_accounts: Sequence[tuple[str, str]]) -> str:
     lines = [f"{user}:{mosquitto_password_hash(secret)}" for user, secret in passwords.items()]
     lines += [f"{device}:{password_hash}" for device, password_hash in device_accounts]
     return "".join(f"{line}\n" for line in lines)
