@@ -52,6 +52,9 @@ class MqttOptions:
     group: str = "rpmstore-ingest"
     session_expiry_s: int = 7 * 24 * 3600
     receive_maximum: int = 1000
+    # Messages decoded and validated at once. Bounding it keeps the group committer's buffer
+    # from filling (a full buffer would make every waiting message decode again on retry).
+    max_concurrent_messages: int = 64
     keepalive_s: int = 30
 
 
@@ -91,6 +94,7 @@ class MqttIngestor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting = True
         self._connected = asyncio.Event()
+        self._slots = asyncio.Semaphore(options.max_concurrent_messages)
         self.messages_acked = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -183,6 +187,12 @@ class MqttIngestor:
         task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, delivery: _Delivery) -> None:
+        async with self._slots:
+            await self._store(delivery)
+        self._finish(delivery)
+
+    async def _store(self, delivery: _Delivery) -> None:
+        """Store (or quarantine) one message, retrying until it is durable: never dropped."""
         claimed = device_in_topic(delivery.topic)
         try:
             device_id = uuid.UUID(claimed) if claimed else None
@@ -211,7 +221,6 @@ class MqttIngestor:
                 log.exception("MQTT message not stored yet; retrying", extra={"mid": delivery.mid})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_RETRY_S)
-        self._finish(delivery)
 
     def _finish(self, delivery: _Delivery) -> None:
         if delivery.generation != self._generation or self._client is None:
