@@ -49,6 +49,7 @@ pytestmark = pytest.mark.benchmark
 ROWS = int(os.environ.get("RPMSTORE_BENCH_ROWS", "200000"))
 READINGS_PER_PAYLOAD = int(os.environ.get("RPMSTORE_BENCH_PAYLOAD", "500"))
 DEVICES = 100
+API_WORKERS = int(os.environ.get("RPMSTORE_BENCH_API_WORKERS", "1"))
 CONCURRENCY = 8
 COPY_CHUNK = 5000
 REPORT = Path(__file__).resolve().parents[1] / "reports" / "bench-ingest.json"
@@ -297,7 +298,7 @@ def test_ingest_throughput_ratios(
 
     port = free_port()
     api = start_child(
-        ["serve", "--port", str(port)],
+        ["serve", "--port", str(port), "--workers", str(API_WORKERS)],
         {"DATABASE_URL": urls["http"], "MQTT_URL": "mqtt://unused@127.0.0.1:1"},
         tmp_path / "api.log",
     )
@@ -341,6 +342,7 @@ def test_ingest_throughput_ratios(
         "rows": data.rows,
         "readings_per_payload": READINGS_PER_PAYLOAD,
         "concurrency": CONCURRENCY,
+        "api_workers": API_WORKERS,
         "rows_per_s": {k: round(v) for k, v in rows_per_s.items()},
         "ratio_to_raw_copy": {k: round(v / baseline, 3) for k, v in rows_per_s.items()},
         "dedup_tax": round(rows_per_s["idempotent"] / baseline, 3),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -113,6 +114,20 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     from api.app import create_app
 
+    if args.workers > 1:
+        # Separate processes (one group committer each) use more than one core for decoding
+        # and validation; they find the database the same way this process does.
+        _database_url(settings)  # fail here, once, if there is no database
+        uvicorn.run(
+            "rpmstore.asgi:app",
+            factory=True,
+            workers=args.workers,
+            host=args.host,
+            port=args.port,
+            log_config=None,
+            access_log=False,
+        )
+        return 0
     app = create_app(database_url=_database_url(settings))
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
     return 0
@@ -138,11 +153,145 @@ def _ingest_mqtt(settings: Settings, _args: argparse.Namespace) -> int:
     return run_mqtt_ingestor(settings, database_url=urls.database_url, mqtt_url=urls.mqtt_url)
 
 
-def _demo(settings: Settings, _args: argparse.Namespace) -> int:
-    from rpmstore.demo import run_demo
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    if args.basic:
+        from rpmstore.demo import run_demo
 
-    run_demo(_database_url(settings))
-    return 0
+        run_demo(_database_url(settings))
+        return 0
+    from rpmstore.simulate_send import SendError
+    from rpmstore.ward_demo import DemoError, DemoOptions, run_ward_demo
+
+    _quiet_http_client_logs()
+
+    options = DemoOptions(
+        patients=args.patients, rate=args.rate, seconds=args.seconds, seed=args.seed
+    )
+    try:
+        return run_ward_demo(stack.urls(settings), options)
+    except (DemoError, SendError) as exc:
+        print(f"rpmstore: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _quiet_http_client_logs() -> None:
+    """The simulator sends hundreds of requests a second; httpx2 logs each one at INFO."""
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+
+
+def _simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from rpmstore.simulate import Endpoints, SimulationConfig, format_report, run_simulation
+    from rpmstore.simulate_send import SendError
+    from rpmstore.simulate_ward import Shares
+
+    _quiet_http_client_logs()
+    urls = stack.urls(settings)
+    mqtt_url = args.mqtt_url or urls.mqtt_gateway_url
+    if args.via == "mqtt" and mqtt_url is None:
+        print(
+            "rpmstore: error: --via mqtt needs --mqtt-url (an account that may publish for "
+            "every device) when the servers are not the local stack",
+            file=sys.stderr,
+        )
+        return 2
+    config = SimulationConfig(
+        patients=args.patients,
+        rate=args.rate,
+        seconds=args.seconds,
+        via=args.via,
+        seed=args.seed,
+        shares=Shares(retry=args.retry_share, late=args.late_share, bad=args.bad_share),
+        concurrency=args.concurrency,
+        wait_s=args.wait,
+    )
+    endpoints = Endpoints(urls.database_url, api_url=args.api_url, mqtt_url=mqtt_url)
+    try:
+        report = run_simulation(config, endpoints)
+    except SendError as exc:
+        print(f"rpmstore: error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(format_report(report)))
+    return 0 if report.accounted else 1
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction between 0 and 1, got {text}")
+    return value
+
+
+def _add_simulate_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    simulate = commands.add_parser(
+        "simulate",
+        help="a simulated ward sending vitals over HTTP or MQTT; reports what was stored",
+    )
+    simulate.add_argument("--patients", type=_count, default=5, metavar="N")
+    simulate.add_argument(
+        "--rate", type=_positive, default=100.0, metavar="R", help="readings per second in total"
+    )
+    simulate.add_argument("--seconds", type=_positive, default=10.0, metavar="S")
+    simulate.add_argument("--via", choices=("http", "mqtt"), default="http")
+    simulate.add_argument(
+        "--api-url", default="http://127.0.0.1:8000", metavar="URL", help="for --via http"
+    )
+    simulate.add_argument(
+        "--mqtt-url",
+        default=None,
+        metavar="URL",
+        help="for --via mqtt: an account that may publish for every device "
+        "(default: the local stack's MQTT_GATEWAY_URL)",
+    )
+    simulate.add_argument(
+        "--seed", type=int, default=None, metavar="K", help="default: a fresh one, reported"
+    )
+    simulate.add_argument(
+        "--retry-share", type=_share, default=0.03, metavar="F", help="exact re-sends (0.03)"
+    )
+    simulate.add_argument(
+        "--late-share", type=_share, default=0.05, metavar="F", help="measured up to 55 min ago"
+    )
+    simulate.add_argument(
+        "--bad-share", type=_share, default=0.02, metavar="F", help="payloads ingest must refuse"
+    )
+    simulate.add_argument(
+        "--concurrency", type=_count, default=32, metavar="N", help="HTTP requests in flight"
+    )
+    simulate.add_argument(
+        "--wait", type=_positive, default=30.0, metavar="S", help="bound on waiting for ingest"
+    )
+    simulate.set_defaults(handler=_simulate)
+
+
+def _add_demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="a simulated ward through the real ingestor and API: stored, duplicates, quarantined",
+    )
+    demo.add_argument(
+        "--basic",
+        action="store_true",
+        help="instead: register one patient, store an hour of readings, read them back",
+    )
+    demo.add_argument("--patients", type=_count, default=5, metavar="N")
+    demo.add_argument("--rate", type=_positive, default=200.0, metavar="R")
+    demo.add_argument("--seconds", type=_positive, default=5.0, metavar="S", help="per transport")
+    demo.add_argument("--seed", type=int, default=None, metavar="K")
+    demo.set_defaults(handler=_demo)
 
 
 Handler = Callable[[Settings, argparse.Namespace], int]
@@ -183,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP API")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
     serve.set_defaults(handler=_serve)
 
     broker = commands.add_parser("broker", help="device accounts on the MQTT broker")
@@ -200,9 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
         "mqtt", help="consume device readings from the broker (shared subscription)"
     ).set_defaults(handler=_ingest_mqtt)
 
-    commands.add_parser(
-        "demo", help="register a patient and devices, store readings, read them back"
-    ).set_defaults(handler=_demo)
+    _add_simulate_parser(commands)
+    _add_demo_parser(commands)
     return parser
 
 

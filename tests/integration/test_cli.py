@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2
 import psycopg
 import pytest
 
 from rpmstore.cli import main
 from schema.migrate import discover_migrations
 from schema.registry import register_device
+from tests.conftest import free_port
 
 
 @pytest.fixture
@@ -40,7 +49,7 @@ def test_demo_prints_readings_read_back_from_timescaledb(
 ) -> None:
     assert callable(point_at)
     point_at(db_url)
-    assert main(["demo"]) == 0
+    assert main(["demo", "--basic"]) == 0
     out = capsys.readouterr().out
     with psycopg.connect(db_url) as conn:
         stored = conn.execute("SELECT count(*) FROM rpm.readings").fetchone()
@@ -81,3 +90,32 @@ def test_broker_passwd_prints_a_line_per_active_device(
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":", 1)[0] for line in lines] == [str(active)]
     assert lines[0].split(":", 1)[1].startswith("$7$101$")
+
+
+def test_serve_with_several_worker_processes(db_url: str, tmp_path: Path) -> None:
+    """`rpmstore serve --workers 2` starts worker processes that each find the database."""
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": db_url, "MQTT_URL": "mqtt://unused@127.0.0.1:1"}
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "rpmstore.cli", "serve", "--port", str(port), "--workers", "2"],
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                ready = httpx2.get(f"http://127.0.0.1:{port}/readyz")
+                break
+            except httpx2.TransportError:
+                assert server.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        assert ready.status_code == 200
+        assert ready.json()["status"] == "ready"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
