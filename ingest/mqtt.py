@@ -95,10 +95,31 @@ class MqttIngestor:
         self._accepting = True
         self._connected = asyncio.Event()
         self._slots = asyncio.Semaphore(options.max_concurrent_messages)
+        self._retiring = False
+        self._retire_idle_s = 0.0
+        self._unsubscribed = asyncio.Event()
+        self._last_message_at = 0.0
         self.messages_acked = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then finish in-flight messages and disconnect."""
+        await self._consume(stop, retire=False)
+
+    async def retire(self, *, idle_s: float = 3.0) -> None:
+        """Drain this client id's persistent session and end it, for an ingestor taken away.
+
+        While an ingestor is down its session stays in the shared group, and Mosquitto keeps
+        queueing that session's share of the readings for it (for the session's whole expiry).
+        Retiring connects as that session, unsubscribes so nothing new is routed to it, stores
+        and acknowledges everything it had queued, and ends the session once no message has
+        come for ``idle_s`` seconds.
+        """
+        stop = asyncio.Event()
+        self._retire_idle_s = idle_s
+        await self._consume(stop, retire=True)
+
+    async def _consume(self, stop: asyncio.Event, *, retire: bool) -> None:
+        self._retiring = retire
         self._loop = asyncio.get_running_loop()
         client = self._make_client()
         self._client = client
@@ -112,12 +133,30 @@ class MqttIngestor:
         )
         client.loop_start()
         try:
-            await stop.wait()
+            if retire:
+                await self._drain()
+            else:
+                await stop.wait()
         finally:
             self._accepting = False
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+            if retire:
+                end = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call] # paho: untyped
+                end.SessionExpiryInterval = 0  # the broker deletes the session on disconnect
+                client.disconnect(properties=end)
             shutdown_client(client)
+
+    async def _drain(self) -> None:
+        await self._unsubscribed.wait()
+        loop = asyncio.get_running_loop()
+        while (
+            self._tasks
+            or self._arrival
+            or loop.time() - self._last_message_at < self._retire_idle_s
+        ):
+            await asyncio.sleep(0.1)
+        log.info("MQTT session drained", extra={"acknowledged": self.messages_acked})
 
     async def wait_connected(self, timeout: float = 10) -> None:
         await asyncio.wait_for(self._connected.wait(), timeout)
@@ -136,6 +175,7 @@ class MqttIngestor:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_unsubscribe = self._on_unsubscribe
         return client
 
     def _connect_properties(self) -> Properties:
@@ -153,7 +193,15 @@ class MqttIngestor:
             return
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._connection_started, bool(flags.session_present))
-        client.subscribe(f"$share/{self._options.group}/{TOPIC_FILTER}", qos=1)
+        shared_filter = f"$share/{self._options.group}/{TOPIC_FILTER}"
+        if self._retiring:
+            client.unsubscribe(shared_filter)
+        else:
+            client.subscribe(shared_filter, qos=1)
+
+    def _on_unsubscribe(self, *_args: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._unsubscribed.set)
 
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, code: ReasonCode, _props: Any
@@ -172,6 +220,7 @@ class MqttIngestor:
             self._runtime.metrics.mqtt_sessions_lost.inc()
             log.warning("MQTT session was not present on reconnect; broker had no queued state")
         self._generation += 1
+        self._last_message_at = asyncio.get_running_loop().time()
         self._arrival.clear()
         self._finished.clear()
         self._connected.set()
@@ -180,6 +229,7 @@ class MqttIngestor:
     def _received(self, mid: int, topic: str, payload: bytes) -> None:
         if not self._accepting:
             return  # not acknowledged: the broker redelivers it to this session later
+        self._last_message_at = asyncio.get_running_loop().time()
         delivery = _Delivery(mid, self._generation, topic, payload)
         self._arrival.append(delivery)
         task = asyncio.create_task(self._handle(delivery))

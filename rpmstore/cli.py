@@ -146,11 +146,13 @@ def _broker_passwd(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
-def _ingest_mqtt(settings: Settings, _args: argparse.Namespace) -> int:
+def _ingest_mqtt(settings: Settings, args: argparse.Namespace) -> int:
     from rpmstore.ingest_process import run_mqtt_ingestor
 
     urls = stack.urls(settings)
-    return run_mqtt_ingestor(settings, database_url=urls.database_url, mqtt_url=urls.mqtt_url)
+    return run_mqtt_ingestor(
+        settings, database_url=urls.database_url, mqtt_url=urls.mqtt_url, retire=args.retire
+    )
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -346,9 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = commands.add_parser("ingest", help="device ingest processes")
     ingest_kinds = ingest.add_subparsers(dest="kind", required=True, metavar="TRANSPORT")
-    ingest_kinds.add_parser(
+    mqtt_ingest = ingest_kinds.add_parser(
         "mqtt", help="consume device readings from the broker (shared subscription)"
-    ).set_defaults(handler=_ingest_mqtt)
+    )
+    mqtt_ingest.add_argument(
+        "--retire",
+        action="store_true",
+        help="for an ingestor taken out of service: store what its persistent session "
+        "(RPMSTORE_MQTT_CLIENT_ID) still holds, then end the session at the broker",
+    )
+    mqtt_ingest.set_defaults(handler=_ingest_mqtt)
 
     _add_simulate_parser(commands)
     _add_demo_parser(commands)

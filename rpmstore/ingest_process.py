@@ -16,11 +16,13 @@ from rpmstore.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def run_mqtt_ingestor(settings: Settings, *, database_url: str, mqtt_url: str) -> int:
-    return asyncio.run(_main(settings, database_url=database_url, mqtt_url=mqtt_url))
+def run_mqtt_ingestor(
+    settings: Settings, *, database_url: str, mqtt_url: str, retire: bool = False
+) -> int:
+    return asyncio.run(_main(settings, database_url=database_url, mqtt_url=mqtt_url, retire=retire))
 
 
-async def _main(settings: Settings, *, database_url: str, mqtt_url: str) -> int:
+async def _main(settings: Settings, *, database_url: str, mqtt_url: str, retire: bool) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -34,7 +36,13 @@ async def _main(settings: Settings, *, database_url: str, mqtt_url: str) -> int:
         group=settings.mqtt_group,
     )
     async with open_ingest_runtime(database_url, source="mqtt", registry=registry) as runtime:
+        ingestor = MqttIngestor(runtime, options)
+        if retire:
+            log.info("retiring MQTT session", extra={"client_id": options.client_id})
+            await ingestor.retire()
+            log.info("MQTT session ended", extra={"acknowledged": ingestor.messages_acked})
+            return 0
         log.info("MQTT ingestor starting", extra={"client_id": options.client_id})
-        await MqttIngestor(runtime, options).run(stop)
+        await ingestor.run(stop)
     log.info("MQTT ingestor stopped")
     return 0

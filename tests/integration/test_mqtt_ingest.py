@@ -297,3 +297,41 @@ def test_two_ingestors_share_the_load_and_survive_one_being_killed(mqtt_ward: Mq
     ).fetchone()
     assert batches is not None
     assert batches[0] >= 2, "both ingestor processes stored readings"
+
+
+def test_retiring_a_dead_ingestors_session_releases_what_it_held(mqtt_ward: MqttWard) -> None:
+    """An ingestor killed for good keeps its share of the shared subscription queued in its
+    persistent session (Mosquitto keeps routing to it). ``--retire`` stores what that session
+    holds and ends it, after which the surviving ingestor receives everything."""
+    gone, survivor = mqtt_ward.make_ingestor("gone"), mqtt_ward.make_ingestor("survivor")
+    gone.start()
+    survivor.start()
+
+    def fault(n: int) -> None:
+        if n == 50:
+            gone.kill()
+
+    _publish_stream(mqtt_ward, 300, fault)
+    # The limit this guards against: the dead session's share is not redistributed.
+    time.sleep(3)
+    held = 300 - mqtt_ward.stored()
+    assert held > 0, "Mosquitto now redistributes a dead session's share; revisit --retire"
+    retire = subprocess.run(
+        [sys.executable, "-m", "rpmstore.cli", "ingest", "mqtt", "--retire"],
+        env=gone.env,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert retire.returncode == 0, retire.stderr.decode()[-2000:]
+    wait_until(lambda: mqtt_ward.stored() >= 300, "every reading to be stored")
+
+    # With the session gone, the survivor alone now gets every new reading.
+    mids = []
+    for n in range(300, 400):
+        device = mqtt_ward.devices[n % len(mqtt_ward.devices)]
+        mids.append(mqtt_ward.publisher.publish(device, reading_payload(device, n)))
+    mqtt_ward.publisher.wait_acked(mids)
+    wait_until(lambda: mqtt_ward.stored() >= 400, "readings after the retirement")
+    time.sleep(1)
+    assert mqtt_ward.stored() == 400
