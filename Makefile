@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint install host-deps db-up db-down clean
+.PHONY: demo test lint bench install host-deps db-up db-down clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ lint: install
 
 test: host-deps lint
 	$(BIN)/python -m pytest
+
+# Speed, not behaviour: ratio benchmarks against baselines measured in the same run
+# (reports/bench-*.json). Not part of `make test`.
+bench: host-deps install
+	$(BIN)/python -m pytest benchmarks -s
 
 db-up: host-deps install
 	$(BIN)/rpmstore db up
