@@ -37,7 +37,7 @@ import httpx2
 import psycopg
 import pytest
 
-from ingest.committer import READING_COLUMNS, GroupCommitter, IngestRequest
+from ingest.committer import READING_COLUMNS, GroupCommitter, IngestRequest, reading_rows
 from ingest.mqtt import shutdown_client
 from ingest.store import ValidatedReading
 from rpmstore.localstack.mosquitto import GATEWAY_USER, INGEST_USER
@@ -132,21 +132,8 @@ def count_rows(url: str) -> int:
 
 
 async def raw_copy(url: str, data: Dataset) -> float:
-    # Exactly the columns and types the committer's fast path writes.
-    records = [
-        (
-            r.measured_at,
-            r.received_at,
-            r.value,
-            0,
-            r.device_id,
-            r.patient_id,
-            r.metric_id,
-            r.utc_offset_minutes,
-            r.client_reading_id,
-        )
-        for r in data.readings()
-    ]
+    # Exactly the records the committer's fast path writes.
+    records = reading_rows(data.readings(), batch_id=0)
     async with asyncpg.create_pool(url, min_size=1, max_size=2) as pool:
         started = time.perf_counter()
         for start in range(0, len(records), COPY_CHUNK):

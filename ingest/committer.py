@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -457,6 +457,11 @@ class GroupCommitter:
 
 
 def _reading_rows(batch: list[_Pending], batch_id: int) -> list[tuple[object, ...]]:
+    return reading_rows((r for pending in batch for r in pending.request.readings), batch_id)
+
+
+def reading_rows(readings: Iterable[ValidatedReading], batch_id: int) -> list[tuple[object, ...]]:
+    """COPY records for rpm.readings, in ``READING_COLUMNS`` order."""
     return [
         (
             r.measured_at,
@@ -469,8 +474,7 @@ def _reading_rows(batch: list[_Pending], batch_id: int) -> list[tuple[object, ..
             r.utc_offset_minutes,
             r.client_reading_id,
         )
-        for pending in batch
-        for r in pending.request.readings
+        for r in readings
     ]
 
 
