@@ -50,8 +50,9 @@ ROWS = int(os.environ.get("RPMSTORE_BENCH_ROWS", "200000"))
 READINGS_PER_PAYLOAD = int(os.environ.get("RPMSTORE_BENCH_PAYLOAD", "500"))
 DEVICES = 100
 API_WORKERS = int(os.environ.get("RPMSTORE_BENCH_API_WORKERS", "1"))
-CONCURRENCY = 8
+CONCURRENCY = int(os.environ.get("RPMSTORE_BENCH_CONCURRENCY", "8"))
 COPY_CHUNK = 5000
+COPY_STREAMS = 2  # = GroupCommitter's default worker count
 REPORT = Path(__file__).resolve().parents[1] / "reports" / "bench-ingest.json"
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
 HEART_RATE = 1
@@ -134,16 +135,23 @@ def count_rows(url: str) -> int:
 async def raw_copy(url: str, data: Dataset) -> float:
     # Exactly the records the committer's fast path writes.
     records = reading_rows(data.readings(), batch_id=0)
-    async with asyncpg.create_pool(url, min_size=1, max_size=2) as pool:
+    chunks = iter(range(0, len(records), COPY_CHUNK))
+    # As many COPY streams as the group committer has workers: the baseline gets the same
+    # parallelism (a single stream would leave PostgreSQL idle while the client encodes).
+    async with asyncpg.create_pool(url, min_size=COPY_STREAMS, max_size=COPY_STREAMS) as pool:
+
+        async def stream() -> None:
+            for start in chunks:
+                async with pool.acquire() as conn, conn.transaction():
+                    await conn.copy_records_to_table(
+                        "readings",
+                        schema_name="rpm",
+                        records=records[start : start + COPY_CHUNK],
+                        columns=READING_COLUMNS,
+                    )
+
         started = time.perf_counter()
-        for start in range(0, len(records), COPY_CHUNK):
-            async with pool.acquire() as conn, conn.transaction():
-                await conn.copy_records_to_table(
-                    "readings",
-                    schema_name="rpm",
-                    records=records[start : start + COPY_CHUNK],
-                    columns=READING_COLUMNS,
-                )
+        await asyncio.gather(*(stream() for _ in range(COPY_STREAMS)))
         return time.perf_counter() - started
 
 
