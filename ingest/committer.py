@@ -81,6 +81,11 @@ RETRYABLE_DATABASE_ERRORS = (
 ACCEPTED_SYNCHRONOUS_COMMIT = ("on", "remote_apply")
 
 
+def _refuses_the_data(error: asyncpg.PostgresError) -> bool:
+    """SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation)."""
+    return str(error.sqlstate)[:2] in ("22", "23")
+
+
 class DatabaseUnavailableError(RuntimeError):
     """The database cannot be reached right now; nothing was stored or acknowledged."""
 
@@ -138,7 +143,9 @@ class IngestOutcome:
     stored: int
     duplicates: int
     conflicts: tuple[Conflict, ...]
-    quarantined: int  # validation rejections plus conflicts
+    quarantined: int  # validation rejections, conflicts and refused readings
+    # Readings the database refused although they passed validation (quarantined).
+    refused: tuple[QuarantineEntry, ...] = ()
 
 
 @dataclass
@@ -148,7 +155,8 @@ class _Pending:
     rows: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.rows = len(self.request.readings)
+        # At least 1: a request that only carries quarantine rows still occupies the buffer.
+        self.rows = max(1, len(self.request.readings))
 
 
 class GroupCommitter:
@@ -191,13 +199,22 @@ class GroupCommitter:
             for n in range(self._worker_count)
         ]
 
-    async def stop(self) -> None:
-        """Commit what is queued, then stop the workers."""
-        await self._queue.join()
-        for worker in self._workers:
-            worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        self._workers = []
+    async def stop(self, grace_s: float = 30.0) -> None:
+        """Commit what is queued (waiting at most ``grace_s``), then stop the workers.
+
+        During a database outage the queue never drains; the workers are then cancelled and
+        every caller still waiting is told the database is unavailable (nothing it was told
+        is stored is lost, and what it was not told about it may safely retry).
+        """
+        try:
+            await asyncio.wait_for(self._queue.join(), grace_s)
+        except TimeoutError:
+            log.warning("stopping with %d readings not committed", self._pending_rows)
+        finally:
+            for worker in self._workers:
+                worker.cancel()
+            await asyncio.gather(*self._workers, return_exceptions=True)
+            self._workers = []
 
     async def submit(self, request: IngestRequest) -> IngestOutcome:
         """Queue ``request`` and return once its batch has committed."""
@@ -250,6 +267,13 @@ class GroupCommitter:
                 for pending in batch:
                     if not pending.future.done():
                         pending.future.set_exception(exc)
+            except asyncio.CancelledError:
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(
+                            DatabaseUnavailableError("ingest stopped before this was committed")
+                        )
+                raise
             finally:
                 for pending in batch:
                     self._pending_rows -= pending.rows
@@ -263,12 +287,21 @@ class GroupCommitter:
             try:
                 return await self._commit(batch)
             except asyncpg.PostgresError as exc:
-                if isinstance(exc, RETRYABLE_DATABASE_ERRORS):
-                    raise
-                # Validation should have caught this. Isolate the request the database refused
-                # so the rest of the batch is stored and the refused readings are quarantined,
-                # never retried forever (a poison message) and never dropped.
-                return await self._isolate(batch, exc)
+                if _refuses_the_data(exc) and not isinstance(exc, RETRYABLE_DATABASE_ERRORS):
+                    # Validation should have caught this. Isolate the request the database
+                    # refused so the rest of the batch is stored and the refused readings are
+                    # quarantined: never retried forever (a poison message), never dropped.
+                    return await self._isolate(batch, exc)
+                # Anything else (deadlock, too many connections, disk full, read-only after a
+                # failover...) says nothing about the data: wait and try the same batch again.
+                log.warning(
+                    "database error, retrying ingest batch in %.2fs: %s",
+                    backoff,
+                    exc,
+                    extra={"sqlstate": exc.sqlstate, "requests": len(batch)},
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff_s)
             except RETRYABLE_DATABASE_ERRORS as exc:
                 log.warning(
                     "database unavailable, retrying ingest batch in %.2fs: %s",
@@ -285,20 +318,25 @@ class GroupCommitter:
         if len(batch) > 1:
             return [(await self._commit_with_retry([pending]))[0] for pending in batch]
         request = batch[0].request
+        if not request.readings:
+            # Only quarantine rows left, and the database refuses even those: a defect here,
+            # not bad input. Fail loudly rather than loop.
+            raise error
         log.warning(
             "database refused a validated request; quarantining its readings: %s",
             error,
             extra={"sqlstate": error.sqlstate, "readings": len(request.readings)},
         )
-        refused = [
+        # One entry per payload position (a blood-pressure panel is two readings, one entry).
+        refused = tuple(
             QuarantineEntry("rejected_by_database", f"{error.sqlstate}: {error}", index)
-            for index in request.reading_indexes
-        ]
+            for index in dict.fromkeys(request.reading_indexes)
+        )
         fallback = replace(
             request, readings=(), reading_indexes=(), quarantine=(*request.quarantine, *refused)
         )
         (outcome,) = await self._commit_with_retry([_Pending(fallback, batch[0].future)])
-        return [outcome]
+        return [replace(outcome, refused=refused)]
 
     async def _commit(self, batch: list[_Pending]) -> list[IngestOutcome]:
         # (request number, reading number) of every reading, in batch order

@@ -66,7 +66,8 @@ class DeviceDirectory:
             async with self._pool.acquire() as conn:
                 row = await conn.fetchrow(self._q["device_by_id"], device_id)
                 context = None if row is None else await self._context(conn, row)
-        except RETRYABLE_DATABASE_ERRORS as exc:
+        except (*RETRYABLE_DATABASE_ERRORS, asyncpg.PostgresError) as exc:
+            # A lookup is a plain SELECT: any database error means "not available now".
             raise DatabaseUnavailableError(str(exc)) from exc
         if len(self._by_id) >= MAX_CACHED:
             self._by_id.clear()
@@ -82,7 +83,8 @@ class DeviceDirectory:
         try:
             async with self._pool.acquire() as conn:
                 row = await conn.fetchrow(self._q["device_by_token_hash"], digest)
-        except RETRYABLE_DATABASE_ERRORS as exc:
+        except (*RETRYABLE_DATABASE_ERRORS, asyncpg.PostgresError) as exc:
+            # A lookup is a plain SELECT: any database error means "not available now".
             raise DatabaseUnavailableError(str(exc)) from exc
         device_id = None if row is None else row["device_id"]
         if len(self._by_token) >= MAX_CACHED:

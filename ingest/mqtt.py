@@ -58,6 +58,10 @@ class MqttOptions:
     keepalive_s: int = 30
 
 
+class MqttRetireError(RuntimeError):
+    """The session could not be retired safely; it was left in place."""
+
+
 def shutdown_client(client: mqtt.Client) -> None:
     """Disconnect, stop the network thread and close every socket the client holds.
 
@@ -93,12 +97,14 @@ class MqttIngestor:
         self._finished: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting = True
+        self._ignored = 0  # messages that arrived after we stopped taking new ones
+        self._drained = False
         self._connected = asyncio.Event()
         self._slots = asyncio.Semaphore(options.max_concurrent_messages)
         self._retiring = False
         self._retire_idle_s = 0.0
         self._unsubscribed = asyncio.Event()
-        self._last_message_at = 0.0
+        self._last_activity_at = 0.0
         self.messages_acked = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -139,24 +145,51 @@ class MqttIngestor:
                 await stop.wait()
         finally:
             self._accepting = False
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
-            if retire:
+            await self._finish_in_flight()
+            if retire and self.session_ended:
                 end = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call] # paho: untyped
                 end.SessionExpiryInterval = 0  # the broker deletes the session on disconnect
                 client.disconnect(properties=end)
+            elif retire:
+                log.error(
+                    "MQTT session not ended: messages arrived while retiring; run --retire again"
+                )
             shutdown_client(client)
 
+    async def _finish_in_flight(self, grace_s: float = 30.0) -> None:
+        """Let messages being stored finish and be acknowledged; past the grace period (a
+        database outage) they are cancelled unacknowledged, and the broker redelivers them."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("stopped with %d MQTT messages unacknowledged", len(pending))
+            await asyncio.gather(*pending, return_exceptions=True)
+
     async def _drain(self) -> None:
-        await self._unsubscribed.wait()
+        """Wait until the session holds nothing more: unsubscribed, nothing in flight, and
+        neither a message nor an acknowledgement for ``retire_idle_s`` (the broker only sends
+        more of a backlog as acknowledgements free its Receive Maximum window)."""
+        try:
+            await asyncio.wait_for(self._unsubscribed.wait(), 30)
+        except TimeoutError as exc:
+            raise MqttRetireError("the broker did not confirm the unsubscribe") from exc
         loop = asyncio.get_running_loop()
         while (
             self._tasks
             or self._arrival
-            or loop.time() - self._last_message_at < self._retire_idle_s
+            or loop.time() - self._last_activity_at < self._retire_idle_s
         ):
             await asyncio.sleep(0.1)
+        self._drained = True
         log.info("MQTT session drained", extra={"acknowledged": self.messages_acked})
+
+    @property
+    def session_ended(self) -> bool:
+        """After ``retire``: whether the broker was told to delete the session."""
+        return self._drained and self._ignored == 0
 
     async def wait_connected(self, timeout: float = 10) -> None:
         await asyncio.wait_for(self._connected.wait(), timeout)
@@ -207,6 +240,8 @@ class MqttIngestor:
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, code: ReasonCode, _props: Any
     ) -> None:
         log.warning("MQTT disconnected: %s", code)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._connection_lost)
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         assert self._loop is not None
@@ -215,12 +250,19 @@ class MqttIngestor:
         )
 
     # --- the event loop --------------------------------------------------------------------
+    def _connection_lost(self) -> None:
+        # A new generation at once: a message of the lost connection that finishes now must
+        # not be acknowledged on the next connection, where its packet id may mean another.
+        self._generation += 1
+        self._arrival.clear()
+        self._finished.clear()
+
     def _connection_started(self, session_present: bool) -> None:
-        if self._generation > 0 and not session_present:
+        if self._connected.is_set() and not session_present:
             self._runtime.metrics.mqtt_sessions_lost.inc()
             log.warning("MQTT session was not present on reconnect; broker had no queued state")
         self._generation += 1
-        self._last_message_at = asyncio.get_running_loop().time()
+        self._last_activity_at = asyncio.get_running_loop().time()
         self._arrival.clear()
         self._finished.clear()
         self._connected.set()
@@ -228,8 +270,9 @@ class MqttIngestor:
 
     def _received(self, mid: int, topic: str, payload: bytes) -> None:
         if not self._accepting:
+            self._ignored += 1
             return  # not acknowledged: the broker redelivers it to this session later
-        self._last_message_at = asyncio.get_running_loop().time()
+        self._last_activity_at = asyncio.get_running_loop().time()
         delivery = _Delivery(mid, self._generation, topic, payload)
         self._arrival.append(delivery)
         task = asyncio.create_task(self._handle(delivery))
@@ -281,3 +324,4 @@ class MqttIngestor:
             self._finished.discard(done.mid)
             self._client.ack(done.mid, 1)
             self.messages_acked += 1
+            self._last_activity_at = asyncio.get_running_loop().time()

@@ -49,6 +49,9 @@ async def open_ingest_runtime(
         min_size=1,
         max_size=limits.pool_size,
         server_settings={"application_name": f"rpmstore-ingest-{source}"},
+        # A server that stops answering without closing the connection must not hang a
+        # batch forever: the statement times out and the batch is retried.
+        command_timeout=60,
     ) as pool:
         async with pool.acquire() as conn:
             catalogue = await load_catalogue(conn)

@@ -137,6 +137,11 @@ class IngestService:
         rejected += [
             RejectedReading(c.reading_index, "conflict", c.detail) for c in outcome.conflicts
         ]
+        rejected += [
+            RejectedReading(e.reading_index, e.reason, e.detail)
+            for e in outcome.refused
+            if e.reading_index is not None
+        ]
         return IngestReport(
             batch_id=outcome.batch_id,
             stored=outcome.stored,
@@ -162,6 +167,8 @@ class IngestService:
             log.warning("conflicting reading quarantined", extra={"index": conflict.reading_index})
         for rejection in rejected:
             readings.labels(source, "quarantined", rejection.reason).inc()
+        for refused in outcome.refused:
+            readings.labels(source, "quarantined", refused.reason).inc()
         if rejected:
             log.warning(
                 "readings quarantined",

@@ -10,7 +10,7 @@ import socket
 from prometheus_client import CollectorRegistry, start_http_server
 
 from ingest import open_ingest_runtime
-from ingest.mqtt import MqttIngestor, MqttOptions
+from ingest.mqtt import MqttIngestor, MqttOptions, MqttRetireError
 from rpmstore.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,13 @@ async def _main(settings: Settings, *, database_url: str, mqtt_url: str, retire:
         ingestor = MqttIngestor(runtime, options)
         if retire:
             log.info("retiring MQTT session", extra={"client_id": options.client_id})
-            await ingestor.retire()
+            try:
+                await ingestor.retire()
+            except MqttRetireError as exc:
+                log.error("MQTT session not retired: %s", exc)
+                return 2
+            if not ingestor.session_ended:
+                return 1
             log.info("MQTT session ended", extra={"acknowledged": ingestor.messages_acked})
             return 0
         log.info("MQTT ingestor starting", extra={"client_id": options.client_id})

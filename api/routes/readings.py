@@ -122,40 +122,32 @@ async def post_readings(
             "send the device token as 'Authorization: Bearer <token>'",
             {"WWW-Authenticate": "Bearer"},
         )
-    try:
-        device = await ingest.devices.by_token(token.strip())
-    except DatabaseUnavailableError:
-        return _problem(
-            503,
-            "database_unavailable",
-            "cannot check the device token right now",
-            {"Retry-After": "5"},
-        )
-    if device is None:
-        return _problem(
-            401,
-            "unknown_token",
-            "no device has this token",
-            {"WWW-Authenticate": 'Bearer error="invalid_token"'},
-        )
     raw = await _read_at_most(request, MAX_PAYLOAD_BYTES + 1)
     try:
-        report = await asyncio.wait_for(
-            ingest.service.ingest(
+        # One deadline for the token lookup and the commit: a database that stops answering
+        # gives a 503 the client may retry, never a hung request.
+        async with asyncio.timeout(COMMIT_TIMEOUT_S):
+            device = await ingest.devices.by_token(token.strip())
+            if device is None:
+                return _problem(
+                    401,
+                    "unknown_token",
+                    "no device has this token",
+                    {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+                )
+            report = await ingest.service.ingest(
                 raw, source="http", device=device, claimed_device=str(device.device_id)
-            ),
-            COMMIT_TIMEOUT_S,
-        )
+            )
     except PayloadRejectedError as exc:
         return _problem(_STATUS_BY_REASON.get(exc.reason, 422), exc.reason, exc.detail)
     except BufferFullError as exc:
         return _problem(503, "busy", str(exc), {"Retry-After": "1"})
-    except TimeoutError:
+    except (TimeoutError, DatabaseUnavailableError):
         return _problem(
             503,
             "database_unavailable",
-            "the readings were not confirmed "
-            "stored in time; retrying is safe (duplicates are recognised)",
+            "the readings were not confirmed stored in time; retrying is safe "
+            "(duplicates are recognised)",
             {"Retry-After": "5"},
         )
     return IngestResult(

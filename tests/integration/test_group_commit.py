@@ -200,6 +200,11 @@ def test_readings_the_database_refuses_are_quarantined_not_lost(
     outcomes = run_with_committer(db_url, body, max_delay_s=0.2)
     assert isinstance(outcomes, list)
     assert [(o.stored, o.quarantined) for o in outcomes] == [(1, 0), (0, 1)]
+    # The caller learns which reading was refused and why (the HTTP answer lists it).
+    assert [(e.reading_index, e.reason) for e in outcomes[1].refused] == [
+        (0, "rejected_by_database")
+    ]
+    assert "23514" in outcomes[1].refused[0].detail  # check_violation
     assert conn.execute("SELECT device_id FROM rpm.readings").fetchall() == [(good,)]
     assert conn.execute("SELECT reason FROM rpm.ingest_quarantine").fetchall() == [
         ("rejected_by_database",)
@@ -275,3 +280,25 @@ def test_late_readings_in_a_batch_with_duplicates_invalidate_only_new_rows(
     assert conn.execute(
         "SELECT range_start, range_end, batch_id FROM rpm.rollup_invalidations"
     ).fetchall() == [(new_late.measured_at, new_late.measured_at, outcome.batch_id)]
+
+
+def test_errors_that_say_nothing_about_the_data_are_retried_not_quarantined(
+    db_url: str, conn: psycopg.Connection
+) -> None:
+    """A refusal unrelated to the data (here a missing privilege, SQLSTATE 42501; equally a
+    deadlock, too many connections or a read-only standby) makes the batch wait and retry:
+    the readings are stored once the cause is gone, and nothing is quarantined."""
+    device = uuid.uuid4()
+    conn.execute("REVOKE INSERT ON rpm.readings FROM CURRENT_USER")
+
+    async def body(committer: GroupCommitter) -> IngestOutcome:
+        submitted = asyncio.ensure_future(committer.submit(request([reading(device, 0, 72.0)])))
+        await asyncio.sleep(1.0)
+        assert not submitted.done(), "the batch must wait, not fail or quarantine"
+        conn.execute("GRANT INSERT ON rpm.readings TO CURRENT_USER")
+        return await submitted
+
+    outcome = run_with_committer(db_url, body, max_backoff_s=0.2)
+    assert (outcome.stored, outcome.quarantined, outcome.refused) == (1, 0, ())
+    assert count(conn, "readings") == 1
+    assert count(conn, "ingest_quarantine") == 0
