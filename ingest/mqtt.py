@@ -191,9 +191,6 @@ class MqttIngestor:
         """After ``retire``: whether the broker was told to delete the session."""
         return self._drained and self._ignored == 0
 
-    async def wait_connected(self, timeout: float = 10) -> None:
-        await asyncio.wait_for(self._connected.wait(), timeout)
-
     def _make_client(self) -> mqtt.Client:
         parts = urlsplit(self._options.url)
         client = mqtt.Client(

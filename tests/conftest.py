@@ -224,11 +224,3 @@ def mqtt_broker(debian_root: DebianRoot) -> Iterator[Broker]:
         yield Broker(instance, passwords)
     finally:
         instance.destroy()
-
-
-def database_name(url: str) -> str:
-    return str(conninfo_to_dict(url)["dbname"])
-
-
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[1]
