@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 import psycopg
 
+from retention.commands import add_commands as add_retention_commands
 from rpmstore.localstack import stack
 from rpmstore.localstack.errors import StackNotRunningError, StackUnavailableError
 from rpmstore.logs import configure_logging
@@ -361,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_simulate_parser(commands)
     _add_demo_parser(commands)
+    add_retention_commands(commands, _database_url)
     return parser
 
 

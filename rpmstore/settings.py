@@ -44,3 +44,10 @@ class Settings(BaseSettings):
     mqtt_client_id: str | None = None
     mqtt_group: str = "rpmstore-ingest"
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Retention (rpmstore retention run / archive restore): where archives go (a folder or any
+    # fsspec URL; default $RPMSTORE_HOME/archive), who the ledger names as operator (default:
+    # the OS user), and how long a drop may wait for a lock before backing off (ingest must not
+    # queue behind it for longer).
+    archive_url: str | None = None
+    retention_operator: str | None = None
+    retention_lock_timeout_ms: int = Field(default=500, ge=1)
