@@ -211,7 +211,7 @@ def _lock_slice(
     )
     for c_schema, c_name in chunks:
         conn.execute(sql.SQL(Q["lock_chunk_share"]).format(chunk=sql.Identifier(c_schema, c_name)))
-    resolved = resolve(conn)
+    resolved = resolve(conn)  # again: a rollup table may have appeared since the plan
     watermark_row = conn.execute(Q["rollup_watermark"]).fetchone()
     blocked = _rollups_block(
         conn,

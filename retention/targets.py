@@ -116,7 +116,9 @@ def resolve(conn: psycopg.Connection) -> ResolvedPolicies:
         target, note = _resolve_one(conn, schema, table, policies)
         if target is None:
             notes.append(note)
-            log.info("retention target skipped", extra={"target": f"{schema}.{table}", "why": note})
+            log.debug(
+                "retention target skipped", extra={"target": f"{schema}.{table}", "why": note}
+            )
             continue
         targets.append(target)
         rollups_present = rollups_present or target.kind == "rollup"
