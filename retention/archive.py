@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import posixpath
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ import fsspec
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from psycopg import sql
 
@@ -34,7 +36,7 @@ from retention.targets import Column, Q, Target
 log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
-_FETCH_ROWS = 20_000
+_SPOOL_BYTES = 64 << 20  # COPY output kept in memory up to this, then on disk
 
 # PostgreSQL types with a lossless Arrow equivalent; every other type is archived as its text
 # form (PostgreSQL's own input syntax, so a restore COPYs it back unchanged).
@@ -150,11 +152,21 @@ class ArchiveStore:
         return self._uri(path)
 
 
+def _is_timestamp(column: Column) -> bool:
+    return column.pg_type.startswith("timestamp ")
+
+
 def _select_list(target: Target) -> sql.Composable:
+    """Columns as the CSV export carries them: timestamps as exact epoch microseconds (so no
+    text format or time zone is involved), Arrow-native types as they are, the rest as text."""
     parts: list[sql.Composable] = []
     for column in target.columns:
         ident = sql.Identifier(column.name)
-        if column.pg_type in _ARROW_TYPES:
+        if _is_timestamp(column):
+            parts.append(
+                sql.SQL("(extract(epoch FROM {}) * 1000000)::bigint AS {}").format(ident, ident)
+            )
+        elif column.pg_type in _ARROW_TYPES:
             parts.append(ident)
         else:
             parts.append(sql.SQL("{}::text AS {}").format(ident, ident))
@@ -187,15 +199,38 @@ def _arrow_schema(target: Target) -> pa.Schema:
 def _record_batches(
     conn: psycopg.Connection, spec: SliceSpec, schema: pa.Schema
 ) -> Iterator[pa.RecordBatch]:
-    query = _slice_query("slice_rows", spec, spec.target.storage)
-    with conn.cursor(name="retention_export") as cursor:
-        cursor.execute(query, spec.params())
-        while rows := cursor.fetchmany(_FETCH_ROWS):
-            columns = list(zip(*rows, strict=True))
+    """The slice's rows as Arrow batches: COPY ... TO STDOUT (CSV) parsed by Arrow's reader."""
+    query = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(
+        _slice_query("slice_rows", spec, spec.target.storage)
+    )
+    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
+        with conn.cursor().copy(query, spec.params()) as copy:
+            for data in copy:
+                spool.write(data)
+        if spool.tell() == 0:
+            return
+        spool.seek(0)
+        csv_types = {
+            f.name: pa.int64() if pa.types.is_timestamp(f.type) else f.type for f in schema
+        }
+        reader = pa_csv.open_csv(
+            spool,
+            read_options=pa_csv.ReadOptions(column_names=schema.names, block_size=1 << 23),
+            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=csv_types,
+                null_values=[""],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,  # "" is an empty string, not NULL
+                true_values=["t"],
+                false_values=["f"],
+            ),
+        )
+        for batch in reader:
             yield pa.RecordBatch.from_arrays(
                 [
-                    pa.array(values, type=field.type)
-                    for values, field in zip(columns, schema, strict=True)
+                    column.cast(field.type) if pa.types.is_timestamp(field.type) else column
+                    for column, field in zip(batch.columns, schema, strict=True)
                 ],
                 schema=schema,
             )
@@ -214,17 +249,24 @@ def _parquet_bytes(batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> tupl
 def load_into_stage(
     conn: psycopg.Connection, target: Target, table: pa.Table, stage: str
 ) -> sql.Identifier:
-    """COPY an archived table into a temporary table shaped like the target (dropped at COMMIT)."""
+    """COPY an archived table into a temporary table shaped like the target (dropped at COMMIT).
+
+    Arrow writes the CSV (NULL unquoted and empty, an empty string as "", timestamps in ISO
+    8601 with Z), which PostgreSQL's CSV COPY reads back exactly; the content checksum of the
+    staged rows proves it.
+    """
     stage_id = sql.Identifier(stage)
     conn.execute(sql.SQL(Q["create_stage"]).format(stage=stage_id, relation=target.storage))
     names = [c.name for c in target.columns]
     copy = sql.SQL(Q["copy_stage"]).format(
         stage=stage_id, columns=sql.SQL(", ").join(sql.Identifier(n) for n in names)
     )
-    columns = [table.column(n).to_pylist() for n in names]
+    options = pa_csv.WriteOptions(include_header=False)
     with conn.cursor().copy(copy) as sink:
-        for row in zip(*columns, strict=True):
-            sink.write_row(row)
+        for batch in table.select(names).to_batches(max_chunksize=50_000):
+            buffer = io.BytesIO()
+            pa_csv.write_csv(batch, buffer, options)
+            sink.write(buffer.getvalue())
     return stage_id
 
 

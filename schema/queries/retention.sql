@@ -107,8 +107,9 @@ SELECT set_config('lock_timeout', %(timeout)s, true);
 SET TRANSACTION ISOLATION LEVEL REPEATABLE READ;
 
 -- name: slice_rows
--- The rows of one time slice (optionally of some metrics only, excluding held patients); types
--- Parquet has no match for are exported as their PostgreSQL text form.
+-- The rows of one time slice (optionally of some metrics only, excluding held patients), run
+-- inside COPY (...) TO STDOUT: timestamps as epoch microseconds, types Parquet has no match for
+-- as their PostgreSQL text form (see retention/archive.py).
 SELECT {select_list} FROM {relation} t
 WHERE {time_column} >= %(start)s AND {time_column} < %(end)s {filter};
 
@@ -178,7 +179,7 @@ FROM gone g;
 CREATE TEMP TABLE {stage} (LIKE {relation} INCLUDING DEFAULTS) ON COMMIT DROP;
 
 -- name: copy_stage
-COPY {stage} ({columns}) FROM STDIN;
+COPY {stage} ({columns}) FROM STDIN (FORMAT csv);
 
 -- name: drop_stage
 DROP TABLE {stage};

@@ -105,6 +105,8 @@ def test_plan_lists_due_chunks_held_rows_and_missing_targets(
 
     monkeypatch.setenv("DATABASE_URL", db_url)
     monkeypatch.setenv("MQTT_URL", "mqtt://unused@127.0.0.1:1")
+    # No local-stack state: the command must take the URL above and nothing else.
+    monkeypatch.setenv("RPMSTORE_INSTANCE", f"retention-test-{uuid.uuid4().hex[:8]}")
     assert main(["retention", "plan", "--as-of", AS_OF.isoformat()]) == 0
     out = capsys.readouterr().out
     assert f"rpm.readings: chunks ending on or before {HORIZON.isoformat()} are due" in out
