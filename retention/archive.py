@@ -3,7 +3,7 @@
 An archive is one Parquet file and a JSON manifest next to it, under any fsspec URL (a local
 folder, ``file://``, ``s3://`` with s3fs installed, ``memory://`` in tests). The manifest holds
 the time range, the row count and two checksums: the SHA-256 of the file's bytes, and a content
-checksum computed by PostgreSQL (sum of the first 64 bits of md5(row::text)). Verification reads
+checksum computed by PostgreSQL (the sum of a 64-bit hash of each row's text). Verification reads
 the file back, loads it into a staging table like the source and recomputes the content checksum
 there, in the same snapshot the rows were exported from: equal checksums mean the archive holds
 exactly the rows that are about to be dropped.
@@ -192,6 +192,14 @@ def slice_checksum(
     return int(row[0]), str(row[1])
 
 
+def slice_count(conn: psycopg.Connection, spec: SliceSpec) -> int:
+    row = conn.execute(
+        _slice_query("slice_count", spec, spec.target.storage), spec.params()
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def _arrow_schema(target: Target) -> pa.Schema:
     return pa.schema([pa.field(c.name, arrow_type(c)) for c in target.columns])
 
@@ -335,7 +343,7 @@ def export_slice(
             file_bytes=len(written),
             file_sha256=digest,
             content_checksum=expected_sum,
-            content_checksum_algorithm="sum(first 64 bits of md5(row::text)) as numeric",
+            content_checksum_algorithm="sum(hashtextextended(row::text, 0)) as numeric",
             run_id=run_id,
             operator=operator,
             chunks=list(chunks),

@@ -16,7 +16,7 @@ from typing import Literal
 import psycopg
 from psycopg import sql
 
-from retention.archive import SliceSpec, slice_checksum
+from retention.archive import SliceSpec, slice_count
 from retention.targets import Policy, Q, ResolvedPolicies, Target, resolve
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def _drop_slices(
         grouped.setdefault((start, end), []).append((f"{c_schema}.{c_name}", int(size)))
     work: list[SliceWork] = []
     for (start, end), chunks in grouped.items():
-        rows, _ = slice_checksum(conn, SliceSpec(target, start, end))
+        rows = slice_count(conn, SliceSpec(target, start, end))
         held_rows, held_patients = _held(conn, target, start, end, held)
         blocked = _rollups_block(conn, target, start, end, resolved, watermark)
         if blocked is None and held_rows and not target.is_readings:
@@ -153,7 +153,7 @@ def _delete_slices(
             ranges.setdefault((start, min(end, class_horizon)), []).append(f"{c_schema}.{c_name}")
         for (start, end), chunks in sorted(ranges.items()):
             spec = SliceSpec(target, start, end, metric_ids, held, policy.metric_class)
-            rows, _ = slice_checksum(conn, spec)
+            rows = slice_count(conn, spec)
             if rows == 0:
                 continue
             held_rows, held_patients = _held(conn, target, start, end, held, metric_ids)

@@ -538,7 +538,7 @@ CREATE TABLE rpm.retention_ledger (
     archive_uri   text,  -- the Parquet file
     manifest_uri  text,
     file_sha256   text,
-    content_checksum text,  -- order-independent sum over md5(row::text), see retention/archive.py
+    content_checksum text,  -- order-independent sum of row hashes, see queries/retention.sql
     reason        text,  -- why skipped or failed
     recorded_at   timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),

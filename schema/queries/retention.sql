@@ -114,11 +114,17 @@ SELECT {select_list} FROM {relation} t
 WHERE {time_column} >= %(start)s AND {time_column} < %(end)s {filter};
 
 -- name: slice_checksum
--- Row count and an order-independent checksum of the slice: the sum of the first 64 bits of
--- md5(row as text). The same value computed over the archive loaded back into a staging table
--- (same column types, same session) proves the archive holds exactly these rows.
-SELECT count(*),
-       coalesce(sum(('x' || left(md5(t::text), 16))::bit(64)::bigint::numeric), 0)::text
+-- Row count and an order-independent checksum of the slice: the sum of a 64-bit hash of each
+-- row's text. The same value computed over the archive loaded back into a staging table (same
+-- column types, same session) shows the archive holds exactly these rows. It guards against
+-- conversion faults and concurrent changes, not against an adversary (the file's SHA-256 in
+-- the manifest does that for the archive itself).
+SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0)::text
+FROM {relation} t
+WHERE {time_column} >= %(start)s AND {time_column} < %(end)s {filter};
+
+-- name: slice_count
+SELECT count(*)
 FROM {relation} t
 WHERE {time_column} >= %(start)s AND {time_column} < %(end)s {filter};
 
@@ -171,8 +177,7 @@ WITH gone AS (
       AND t.patient_id <> ALL(%(held)s::uuid[])
     RETURNING t.*
 )
-SELECT count(*),
-       coalesce(sum(('x' || left(md5(g::text), 16))::bit(64)::bigint::numeric), 0)::text
+SELECT count(*), coalesce(sum(hashtextextended(g::text, 0)::numeric), 0)::text
 FROM gone g;
 
 -- name: create_stage

@@ -1,0 +1,2 @@
+-- placeholder (untracked, local only)
+SELECT 1;
