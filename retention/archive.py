@@ -260,8 +260,8 @@ def load_into_stage(
     """COPY an archived table into a temporary table shaped like the target (dropped at COMMIT).
 
     Arrow writes the CSV (NULL unquoted and empty, an empty string as "", timestamps in ISO
-    8601 with Z), which PostgreSQL's CSV COPY reads back exactly; the content checksum of the
-    staged rows proves it.
+    8601), which PostgreSQL's CSV COPY reads back exactly; the content checksum of the staged
+    rows proves it. Sets the transaction's TimeZone to UTC.
     """
     stage_id = sql.Identifier(stage)
     conn.execute(sql.SQL(Q["create_stage"]).format(stage=stage_id, relation=target.storage))
@@ -269,9 +269,19 @@ def load_into_stage(
     copy = sql.SQL(Q["copy_stage"]).format(
         stage=stage_id, columns=sql.SQL(", ").join(sql.Identifier(n) for n in names)
     )
+    # Naive UTC timestamps format ten times faster in Arrow's CSV writer than zoned ones; the
+    # transaction's TimeZone makes PostgreSQL read them as UTC.
+    conn.execute(Q["utc_session"])
+    columns = table.select(names)
+    naive = pa.schema(
+        [
+            pa.field(f.name, pa.timestamp(f.type.unit)) if pa.types.is_timestamp(f.type) else f
+            for f in columns.schema
+        ]
+    )
     options = pa_csv.WriteOptions(include_header=False)
     with conn.cursor().copy(copy) as sink:
-        for batch in table.select(names).to_batches(max_chunksize=50_000):
+        for batch in columns.cast(naive).to_batches(max_chunksize=50_000):
             buffer = io.BytesIO()
             pa_csv.write_csv(batch, buffer, options)
             sink.write(buffer.getvalue())
@@ -296,6 +306,7 @@ def export_slice(
     path = store.slice_path(spec, run_id)
     with conn.transaction():
         conn.execute(Q["repeatable_read"])
+        conn.execute(Q["utc_session"])  # row text (checksums) in one time zone throughout
         expected_rows, expected_sum = slice_checksum(conn, spec)
         data, rows = _parquet_bytes(_record_batches(conn, spec, schema), schema)
         if rows != expected_rows:

@@ -106,6 +106,10 @@ SELECT set_config('lock_timeout', %(timeout)s, true);
 -- The export, its checksum and the archive's verification see one snapshot.
 SET TRANSACTION ISOLATION LEVEL REPEATABLE READ;
 
+-- name: utc_session
+-- For the rest of the transaction: timestamps without offset are read as UTC.
+SELECT set_config('TimeZone', 'UTC', true);
+
 -- name: slice_rows
 -- The rows of one time slice (optionally of some metrics only, excluding held patients), run
 -- inside COPY (...) TO STDOUT: timestamps as epoch microseconds, types Parquet has no match for
