@@ -338,3 +338,41 @@ def test_raw_horizon_for_ingest(db_url: str, conn: psycopg.Connection) -> None:
     horizon, expected = asyncio.run(fetch())
     assert horizon is not None and expected is not None
     assert abs(horizon - expected) < timedelta(minutes=5)  # type: ignore[operator]
+
+
+@pytest.mark.usefixtures("data")
+def test_command_line_run_hold_and_restore(
+    db_url: str,
+    conn: psycopg.Connection,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("MQTT_URL", "mqtt://unused@127.0.0.1:1")
+    monkeypatch.setenv("RPMSTORE_INSTANCE", f"retention-test-{uuid.uuid4().hex[:8]}")
+    monkeypatch.setenv("RPMSTORE_RETENTION_OPERATOR", "night-shift")
+    patient = new_patient(conn)
+    assert main(["retention", "hold", "place", str(patient), "--reason", "subpoena"]) == 0
+    assert main(["retention", "hold", "list"]) == 0
+    out = capsys.readouterr().out
+    assert f"on patient {patient}" in out
+    assert "active\tplaced" in out and "by night-shift: subpoena" in out
+
+    before = conn.execute(STORED_ROWS).fetchall()
+    as_of = AS_OF.isoformat()
+    code = main(["retention", "run", "--as-of", as_of, "--archive-url", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert ": succeeded;" in out and "dropped; archive " in out
+    row = conn.execute("SELECT operator, outcome FROM rpm.retention_runs").fetchone()
+    assert row == ("night-shift", "succeeded")
+
+    start = (OLD - timedelta(days=30)).isoformat()
+    assert main(["archive", "restore", "--start", start, "--end", as_of]) == 0
+    assert ", 0 already present" in capsys.readouterr().out
+    assert conn.execute(STORED_ROWS).fetchall() == before
+
+    code = main(["retention", "run", "--as-of", as_of, "--archive-url", str(tmp_path / "x")])
+    assert code == 0  # the restored weeks are due again: archived again, dropped again
+    assert "succeeded" in capsys.readouterr().out
