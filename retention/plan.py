@@ -100,7 +100,7 @@ def _drop_slices(
     for (start, end), chunks in grouped.items():
         rows = slice_count(conn, SliceSpec(target, start, end))
         held_rows, held_patients = _held(conn, target, start, end, held)
-        blocked = _rollups_block(conn, target, start, end, resolved, watermark)
+        blocked = rollups_block(conn, target, start, end, resolved, watermark)
         if blocked is None and held_rows and not target.is_readings:
             blocked = (
                 f"legal hold: {held_rows} rows of {held_patients} held patients and no held-rows "
@@ -170,7 +170,7 @@ def _delete_slices(
                     held_patients=held_patients,
                     metric_class=policy.metric_class or "(default)",
                     metric_ids=metric_ids,
-                    blocked=_rollups_block(conn, target, start, end, resolved, watermark),
+                    blocked=rollups_block(conn, target, start, end, resolved, watermark),
                 )
             )
     return work
@@ -208,7 +208,7 @@ def _held(
     return int(row[0]), int(row[1])
 
 
-def _rollups_block(
+def rollups_block(
     conn: psycopg.Connection,
     target: Target,
     start: datetime,

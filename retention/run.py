@@ -27,7 +27,7 @@ from psycopg import errors, sql
 
 from retention.archive import ArchivedSlice, ArchiveStore, SliceSpec, export_slice, slice_checksum
 from retention.errors import RetentionError, SliceChangedError
-from retention.plan import Plan, SliceWork, _rollups_block, build_plan
+from retention.plan import Plan, SliceWork, build_plan, rollups_block
 from retention.targets import Q, resolve
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ def _lock_slice(
         conn.execute(sql.SQL(Q["lock_chunk_share"]).format(chunk=sql.Identifier(c_schema, c_name)))
     resolved = resolve(conn)  # again: a rollup table may have appeared since the plan
     watermark_row = conn.execute(Q["rollup_watermark"]).fetchone()
-    blocked = _rollups_block(
+    blocked = rollups_block(
         conn,
         work.target,
         work.start,

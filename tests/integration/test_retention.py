@@ -376,3 +376,16 @@ def test_command_line_run_hold_and_restore(
     code = main(["retention", "run", "--as-of", as_of, "--archive-url", str(tmp_path / "x")])
     assert code == 0  # the restored weeks are due again: archived again, dropped again
     assert "succeeded" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("data")
+def test_archives_go_to_any_fsspec_url(conn: psycopg.Connection) -> None:
+    """The same run and restore against fsspec's in-memory filesystem instead of a folder."""
+    url = f"memory://rpm-archive-{uuid.uuid4().hex[:8]}"
+    before = conn.execute(STORED_ROWS).fetchall()
+    result = run_retention(conn, options(url))
+    assert result.outcome == "succeeded"
+    uris = [s.archived.archive_uri for s in result.slices if s.archived]
+    assert uris and all(uri.startswith("memory://") for uri in uris)
+    restore_range(conn, start=OLD - timedelta(days=30), end=AS_OF, operator="dr-ops")
+    assert conn.execute(STORED_ROWS).fetchall() == before
