@@ -14,7 +14,7 @@ import psycopg
 
 from ingest.committer import GroupCommitter, IngestRequest
 from ingest.store import ValidatedReading
-from retention.run import RetentionOptions, run_retention
+from retention.run import RetentionOptions, RunResult, run_retention
 from rpmstore.localstack.debian_root import DebianRoot
 from tests.conftest import PgServer
 from tests.integration.retention_data import (
@@ -176,3 +176,54 @@ def test_a_drop_that_cannot_get_its_lock_backs_off_and_leaves_the_data(
     assert retry.outcome == "succeeded"
     assert count_between(conn, OLD - timedelta(days=7), HORIZON) == 0
     amcheck_clean(pg_server, debian_root, db_url)
+
+
+def test_a_deadlock_during_a_drop_is_retried(
+    db_url: str, conn: psycopg.Connection, tmp_path: Path
+) -> None:
+    """A reader of the chunk that then places a hold closes a lock cycle with the drop.
+
+    The drop holds rpm.legal_holds (SHARE) and waits for the chunk the reader holds; the
+    reader's INSERT into rpm.legal_holds waits for the drop. PostgreSQL aborts the drop
+    (40P01, it waited first so its deadlock check runs first); it is retried and succeeds.
+    """
+    patient, other = new_patient(conn), new_patient(conn)
+    insert_readings(conn, patient=patient, start=OLD, count=300)
+    before_due = count_between(conn, OLD - timedelta(days=7), HORIZON)
+    results: list[object] = []
+
+    def retention() -> None:
+        with psycopg.connect(
+            db_url, autocommit=True, application_name="retention-deadlock-test"
+        ) as own:
+            results.append(
+                run_retention(
+                    own,
+                    RetentionOptions(str(tmp_path), "dr-ops", lock_timeout_ms=30_000, as_of=AS_OF),
+                )
+            )
+
+    with psycopg.connect(db_url) as reader:
+        reader.execute("SELECT count(*) FROM rpm.readings WHERE measured_at < %s", (HORIZON,))
+        runner = threading.Thread(target=retention)
+        runner.start()
+        for _ in range(1200):  # bounded: the run reaches its drop within seconds
+            waiting = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                "'retention-deadlock-test' AND wait_event_type = 'Lock'"
+            ).fetchone()
+            if waiting and waiting[0]:
+                break
+            time.sleep(0.05)
+        reader.execute(
+            "INSERT INTO rpm.legal_holds (patient_id, reason, placed_by) VALUES (%s, 'x', 'y')",
+            (other,),
+        )
+        reader.commit()
+    runner.join(timeout=300)
+    (result,) = results
+    assert isinstance(result, RunResult)
+    assert result.outcome == "succeeded", result.detail
+    assert max(s.attempts for s in result.slices) >= 2, "the deadlocked drop was retried"
+    assert result.rows_dropped == before_due
+    assert count_between(conn, OLD - timedelta(days=7), HORIZON) == 0
