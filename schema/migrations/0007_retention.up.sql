@@ -47,6 +47,8 @@ VALUES ('rpm', 'readings', NULL, interval '90 days', 'raw', true,
        ('rpm', 'readings_1m', NULL, interval '2 years', 'rollup', false, '1-minute rollups'),
        ('rpm', 'readings_1h', NULL, interval '10 years', 'rollup', false, 'hourly rollups'),
        ('rpm', 'readings_1d', NULL, interval '10 years', 'rollup', false, 'daily rollups');
+CREATE TRIGGER retention_policies_touch BEFORE UPDATE ON rpm.retention_policies
+    FOR EACH ROW EXECUTE FUNCTION rpm.touch_updated_at();
 
 -- Patients whose raw readings must not be destroyed (litigation, investigation, complaint).
 -- A hold is released, never deleted: the row stays as the record of who held what and why.
