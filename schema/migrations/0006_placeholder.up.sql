@@ -1,2 +1,0 @@
--- placeholder (untracked, local only)
-SELECT 1;
