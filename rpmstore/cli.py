@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 import psycopg
 
+from api.auth import InsecureAuthConfigError
 from rpmstore.localstack import stack
 from rpmstore.localstack.errors import StackNotRunningError, StackUnavailableError
 from rpmstore.logs import configure_logging
@@ -24,6 +25,7 @@ _USER_ERRORS = (
     MigrationError,
     TimescaleMissingError,
     psycopg.OperationalError,
+    InsecureAuthConfigError,
 )
 
 
@@ -113,11 +115,12 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn  # imported here: only this command needs the server
 
     from api.app import create_app
+    from rpmstore.asgi import app_settings
 
     if args.workers > 1:
         # Separate processes (one group committer each) use more than one core for decoding
         # and validation; they find the database the same way this process does.
-        _database_url(settings)  # fail here, once, if there is no database
+        app_settings(settings)  # fail here, once, if there is no database or no safe auth
         uvicorn.run(
             "rpmstore.asgi:app",
             factory=True,
@@ -128,7 +131,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             access_log=False,
         )
         return 0
-    app = create_app(database_url=_database_url(settings))
+    app = create_app(**app_settings(settings))
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
     return 0
 
