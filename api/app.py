@@ -8,9 +8,11 @@ Two connections to the database, on purpose:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import psycopg
 from fastapi import FastAPI, Request, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -20,6 +22,8 @@ from api.access import NotVisibleError, check_api_role
 from api.auth import AuthConfig
 from api.routes import admin, alerts, audit, health, patients, readings
 from ingest import IngestLimits, open_ingest_runtime
+
+log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -77,6 +81,26 @@ def create_app(
     async def not_visible(_request: Request, exc: NotVisibleError) -> JSONResponse:
         # The same answer whether the object does not exist or belongs to another team.
         return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)
+
+    @app.exception_handler(psycopg.errors.DataError)
+    async def refused_value(_request: Request, exc: psycopg.errors.DataError) -> JSONResponse:
+        # A value the input models let through but the database refuses (SQLSTATE class 22):
+        # the client's input, so a 422 that says what, never a 500.
+        log.warning("database refused a value: %s", exc, extra={"sqlstate": exc.sqlstate})
+        detail = exc.diag.message_primary or "value not accepted"
+        return JSONResponse(
+            {"detail": [{"loc": ["body"], "msg": detail, "type": "value_error"}]},
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        )
+
+    @app.exception_handler(psycopg.errors.IntegrityError)
+    async def conflicting(_request: Request, exc: psycopg.errors.IntegrityError) -> JSONResponse:
+        # A change that contradicts stored data (a duplicate, a missing reference...).
+        constraint = exc.diag.constraint_name or exc.sqlstate
+        return JSONResponse(
+            {"detail": f"conflicts with stored data ({constraint})"},
+            status_code=status.HTTP_409_CONFLICT,
+        )
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -21,6 +21,18 @@ Cursor = Annotated[
 ]
 
 
+def invalid_input(location: tuple[str, ...], message: str) -> HTTPException:
+    """A 422 shaped like FastAPI's own validation errors (the OpenAPI document promises it)."""
+    return HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        [{"loc": list(location), "msg": message, "type": "value_error"}],
+    )
+
+
+def invalid_cursor() -> HTTPException:
+    return invalid_input(("query", "cursor"), "cursor is not one this API issued")
+
+
 def encode_cursor(*key: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(key, default=str).encode()).decode()
 
@@ -31,7 +43,5 @@ def decode_cursor(cursor: str, arity: int) -> list[Any]:
     except (binascii.Error, ValueError, UnicodeDecodeError):
         key = None
     if not isinstance(key, list) or len(key) != arity:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, "cursor is not one this API issued"
-        )
+        raise invalid_cursor()
     return key

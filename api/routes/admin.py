@@ -17,6 +17,8 @@ from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from api.access import NotVisibleError, scoped_transaction
 from api.deps import AdminUser, ApiPoolDep, RouteDep
+from api.pagination import invalid_input
+from api.types import Text
 from schema.credentials import hash_device_token, mosquitto_password_hash
 from schema.sql import queries
 
@@ -32,7 +34,6 @@ def _aware(value: datetime) -> datetime:
 
 
 AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
-Text = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class CareTeamIn(BaseModel):
@@ -243,21 +244,24 @@ async def register_device(
 ) -> DeviceCreated:
     """Returns the device's bearer token once; only hashes of it are stored."""
     token = secrets.token_urlsafe(32)
-    async with scoped_transaction(pool, user, route=route, action="register_device") as tx:
-        cur = await tx.conn.execute(
-            _REGISTRY["insert_device"],
-            {
-                "kind": body.kind,
-                "manufacturer": body.manufacturer,
-                "model": body.model,
-                "serial_number": body.serial_number,
-                "credential_sha256": hash_device_token(token),
-                "broker_password_hash": mosquitto_password_hash(token),
-            },
-        )
-        row = await cur.fetchone()
-        assert row is not None
-        tx.audit("register_device", device_id=str(row[0]))
+    try:
+        async with scoped_transaction(pool, user, route=route, action="register_device") as tx:
+            cur = await tx.conn.execute(
+                _REGISTRY["insert_device"],
+                {
+                    "kind": body.kind,
+                    "manufacturer": body.manufacturer,
+                    "model": body.model,
+                    "serial_number": body.serial_number,
+                    "credential_sha256": hash_device_token(token),
+                    "broker_password_hash": mosquitto_password_hash(token),
+                },
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            tx.audit("register_device", device_id=str(row[0]))
+    except psycopg.errors.UniqueViolation:
+        raise _conflict("a device with this manufacturer, model and serial number exists") from None
     return DeviceCreated(device_id=row[0], token=token)
 
 
@@ -298,9 +302,7 @@ async def create_rule(body: RuleIn, user: AdminUser, pool: ApiPoolDep, route: Ro
         cur = await tx.conn.execute(_Q["metric_by_code"], {"metric": body.metric})
         metric = await cur.fetchone()
         if metric is None:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT, f"unknown metric {body.metric!r}"
-            )
+            raise invalid_input(("body", "metric"), f"unknown metric {body.metric!r}")
         cur = await tx.conn.execute(
             _Q["insert_rule"],
             {

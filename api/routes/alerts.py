@@ -6,13 +6,20 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Query
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
 from api.access import scoped_transaction
 from api.deps import ApiPoolDep, CareUser, RouteDep
-from api.pagination import DEFAULT_PAGE_SIZE, Cursor, PageSize, decode_cursor, encode_cursor
+from api.pagination import (
+    DEFAULT_PAGE_SIZE,
+    Cursor,
+    PageSize,
+    decode_cursor,
+    encode_cursor,
+    invalid_cursor,
+)
 from schema.sql import queries
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
@@ -56,9 +63,7 @@ def _inbox_key(cursor: str | None) -> tuple[datetime, uuid.UUID]:
     try:
         return datetime.fromisoformat(str(breach)), uuid.UUID(str(alert))
     except ValueError:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, "cursor is not one this API issued"
-        ) from None
+        raise invalid_cursor() from None
 
 
 @router.get("", response_model=AlertPage, summary="Alert inbox")

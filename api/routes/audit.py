@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, Query
 from psycopg.rows import dict_row
 from pydantic import BaseModel
 
 from api.access import scoped_transaction
 from api.deps import AdminUser, ApiPoolDep, RouteDep
-from api.pagination import DEFAULT_PAGE_SIZE, Cursor, PageSize, decode_cursor, encode_cursor
+from api.pagination import (
+    DEFAULT_PAGE_SIZE,
+    Cursor,
+    PageSize,
+    decode_cursor,
+    encode_cursor,
+    invalid_cursor,
+)
+from api.types import Text
 from schema.sql import queries
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
@@ -43,7 +51,7 @@ async def audit_trail(
     pool: ApiPoolDep,
     route: RouteDep,
     patient_id: uuid.UUID | None = None,
-    subject: str | None = None,
+    subject: Annotated[Text | None, Query(description="Only this actor's records")] = None,
     limit: PageSize = DEFAULT_PAGE_SIZE,
     cursor: Cursor = None,
 ) -> AuditPage:
@@ -52,9 +60,7 @@ async def audit_trail(
     if cursor is not None:
         (key,) = decode_cursor(cursor, 1)
         if type(key) is not int:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT, "cursor is not one this API issued"
-            )
+            raise invalid_cursor()
         before = key
     async with scoped_transaction(pool, user, route=route, action="read_audit") as tx:
         async with tx.conn.cursor(row_factory=dict_row) as cur:

@@ -6,13 +6,20 @@ import uuid
 from datetime import date, datetime
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
 from api.access import NotVisibleError, scoped_transaction
 from api.deps import ApiPoolDep, CareUser, RouteDep
-from api.pagination import DEFAULT_PAGE_SIZE, Cursor, PageSize, decode_cursor, encode_cursor
+from api.pagination import (
+    DEFAULT_PAGE_SIZE,
+    Cursor,
+    PageSize,
+    decode_cursor,
+    encode_cursor,
+    invalid_cursor,
+)
 from schema.sql import queries
 
 router = APIRouter(prefix="/v1/patients", tags=["patients"])
@@ -102,9 +109,7 @@ def _panel_key(cursor: str | None) -> tuple[int, uuid.UUID]:
     try:
         return int(rank), uuid.UUID(str(patient))
     except (TypeError, ValueError):
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, "cursor is not one this API issued"
-        ) from None
+        raise invalid_cursor() from None
 
 
 @router.get("", response_model=PanelPage, summary="My panel")
