@@ -31,7 +31,15 @@ def app_settings(settings: Settings) -> AppSettings:
         raise StackNotRunningError(
             "no API_DATABASE_URL: set it to the rpmstore_api role's URL, or run 'rpmstore db up'"
         )
-    auth = AuthConfig.build(
+    return AppSettings(
+        database_url=urls.database_url,
+        api_database_url=urls.api_database_url,
+        auth=auth_config(settings),
+    )
+
+
+def auth_config(settings: Settings) -> AuthConfig:
+    return AuthConfig.build(
         environment=settings.environment,
         secret=settings.jwt_secret.get_secret_value(),
         dev_secret=DEV_JWT_SECRET,
@@ -39,9 +47,6 @@ def app_settings(settings: Settings) -> AppSettings:
         public_key=settings.jwt_public_key,
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
-    )
-    return AppSettings(
-        database_url=urls.database_url, api_database_url=urls.api_database_url, auth=auth
     )
 
 

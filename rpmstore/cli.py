@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 
 import psycopg
@@ -146,6 +147,28 @@ def _broker_passwd(settings: Settings, _args: argparse.Namespace) -> int:
     with psycopg.connect(_database_url(settings)) as conn:
         for device_id, password_hash in broker_device_accounts(conn):
             print(f"{device_id}:{password_hash}")
+    return 0
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    from api.auth import issue_token
+    from rpmstore.asgi import auth_config
+
+    config = auth_config(settings)
+    if config.algorithm != "HS256":
+        raise InsecureAuthConfigError(
+            f"tokens signed with {config.algorithm} come from your identity provider"
+        )
+    print(
+        issue_token(
+            config,
+            settings.jwt_secret.get_secret_value(),
+            subject=args.subject,
+            roles=args.role,
+            care_teams=args.care_team,
+            lifetime_s=args.lifetime,
+        )
+    )
     return 0
 
 
@@ -348,6 +371,18 @@ def build_parser() -> argparse.ArgumentParser:
     broker_actions.add_parser(
         "passwd", help="print device lines for any Mosquitto password_file"
     ).set_defaults(handler=_broker_passwd)
+
+    token = commands.add_parser(
+        "token",
+        help="sign a clinician/ops/admin bearer token with RPMSTORE_JWT_SECRET (HS256)",
+    )
+    token.add_argument("--subject", required=True, help="the user (sub claim)")
+    token.add_argument(
+        "--role", action="append", required=True, choices=["clinician", "ops", "admin"]
+    )
+    token.add_argument("--care-team", action="append", type=uuid.UUID, default=[])
+    token.add_argument("--lifetime", type=int, default=3600, help="seconds (default 3600)")
+    token.set_defaults(handler=_token)
 
     ingest = commands.add_parser("ingest", help="device ingest processes")
     ingest_kinds = ingest.add_subparsers(dest="kind", required=True, metavar="TRANSPORT")
