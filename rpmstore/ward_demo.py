@@ -129,12 +129,15 @@ def child_env(urls: StackUrls) -> dict[str, str]:
     Passing the URLs explicitly makes the children use exactly the servers this process
     resolved, whichever way it resolved them.
     """
-    return {
+    env = {
         **os.environ,
         "DATABASE_URL": urls.database_url,
         "MQTT_URL": urls.mqtt_url,
         "RPMSTORE_MQTT_CLIENT_ID": DEMO_INGEST_CLIENT_ID,
     }
+    if urls.api_database_url:
+        env["API_DATABASE_URL"] = urls.api_database_url
+    return env
 
 
 def wait_ready(ingestor: Child, api: Child, api_url: str) -> None:

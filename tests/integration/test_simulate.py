@@ -42,11 +42,12 @@ class Servers:
 
 
 @pytest.fixture
-def servers(db_url: str, mqtt_broker: Broker, tmp_path: Path) -> Iterator[Servers]:
+def servers(db_url: str, api_db_url: str, mqtt_broker: Broker, tmp_path: Path) -> Iterator[Servers]:
     """The MQTT ingestor and the HTTP API as child processes on this test's database."""
     env = {
         **os.environ,
         "DATABASE_URL": db_url,
+        "API_DATABASE_URL": api_db_url,
         "MQTT_URL": mqtt_broker.url(INGEST_USER),
         # A group of its own: no other test's ingestor session shares these messages.
         "RPMSTORE_MQTT_GROUP": f"g{uuid.uuid4().hex[:8]}",
@@ -129,10 +130,11 @@ def test_simulated_ward_over_mqtt_is_fully_accounted_for(servers: Servers) -> No
 
 
 def test_ward_demo_runs_both_transports(
-    db_url: str, mqtt_broker: Broker, capsys: pytest.CaptureFixture[str]
+    db_url: str, api_db_url: str, mqtt_broker: Broker, capsys: pytest.CaptureFixture[str]
 ) -> None:
     urls = StackUrls(
         database_url=db_url,
+        api_database_url=api_db_url,
         admin_database_url=None,
         mqtt_url=mqtt_broker.url(INGEST_USER),
         mqtt_gateway_url=mqtt_broker.url(GATEWAY_USER),
