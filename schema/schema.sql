@@ -435,7 +435,7 @@ CREATE TRIGGER alerts_touch BEFORE UPDATE ON rpm.alerts
     FOR EACH ROW EXECUTE FUNCTION rpm.touch_updated_at();
 
 -- =============================================================================================
--- Access: care-team scoping for the API role (migration 0004)
+-- Access: care-team scoping for the API role (migration 0006)
 -- =============================================================================================
 DO $$
 BEGIN
