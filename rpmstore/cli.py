@@ -18,6 +18,7 @@ from rpmstore.settings import Settings
 from schema.edition import TimescaleMissingError, detect_edition
 from schema.migrate import MigrationError, Migrator
 from schema.registry import broker_device_accounts
+from schema.rollups import add_commands as add_rollup_commands
 
 # Errors a user can act on: printed as one line, exit status 2, no traceback.
 _USER_ERRORS = (
@@ -399,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_simulate_parser(commands)
     _add_demo_parser(commands)
+    add_rollup_commands(commands, database_url=_database_url)
     return parser
 
 
