@@ -44,3 +44,6 @@ class Settings(BaseSettings):
     mqtt_client_id: str | None = None
     mqtt_group: str = "rpmstore-ingest"
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # The MQTT ingestor runs the missing-data alert sweep this often (seconds); 0: it does not
+    # (run `rpmstore alerts sweep --loop` instead).
+    alert_sweep_interval_s: float = Field(default=60.0, ge=0)
