@@ -4,6 +4,7 @@ overrides, out-of-order readings, concurrent evaluators, snapshots and the lifec
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
@@ -14,8 +15,10 @@ from typing import Any
 import asyncpg
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 from psycopg.rows import dict_row
 
+from api.app import create_app
 from ingest.alerting import (
     AlertEvaluator,
     AlertNotFoundError,
@@ -30,6 +33,7 @@ from ingest.alerting import (
 from ingest.committer import GroupCommitter, IngestRequest
 from ingest.store import ValidatedReading, store_readings
 from rpmstore.cli import main
+from schema.registry import assign_device, register_device, register_patient
 from schema.sql import queries
 
 T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
@@ -586,3 +590,40 @@ def test_committed_batches_create_alerts_through_the_committer_hook(
         "resolved",
         80.0,
     )
+
+
+def test_post_readings_through_the_api_creates_the_alert(
+    conn: psycopg.Connection, db_url: str
+) -> None:
+    patient = register_patient(conn)
+    device = register_device(
+        conn, kind="pulse_oximeter", manufacturer="Acme", model="OX-1", serial_number="SN-ALERT"
+    )
+    now = datetime.now(UTC).replace(microsecond=0)
+    assign_device(
+        conn, device_id=device.device_id, patient_id=patient, valid_from=now - timedelta(days=1)
+    )
+
+    def spo2(minutes_ago: int, value: float) -> dict[str, Any]:
+        time = (now - timedelta(minutes=minutes_ago)).isoformat()
+        return {"metric": "spo2", "value": value, "unit": "%", "time": time}
+
+    with TestClient(create_app(database_url=db_url)) as client:
+        for body in (
+            {"readings": [spo2(m, 88.0) for m in (6, 5, 4)]},
+            {"readings": [spo2(m, 87.0) for m in (3, 2, 1)]},
+        ):
+            response = client.post(
+                "/v1/readings",
+                content=json.dumps(body).encode(),
+                headers={"Authorization": f"Bearer {device.token}"},
+            )
+            assert response.status_code == 200, response.text
+        # Evaluation runs after the answer; wait for it in the app's own event loop.
+        assert client.portal is not None
+        runtime = client.app.state.ingest  # type: ignore[attr-defined]
+        client.portal.call(runtime.alerts.drain)
+    (alert,) = alerts(conn, patient)
+    assert alert["rule_id"] == SPO2_BELOW_90_FOR_5_MIN
+    assert (alert["status"], alert["breach_count"], alert["peak_value"]) == ("open", 6, 87.0)
+    assert alert["first_breach_at"] == now - timedelta(minutes=6)
