@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 import psycopg
 
 from api.auth import InsecureAuthConfigError
+from ingest.alerting import cli as alerts_cli
 from rpmstore.localstack import stack
 from rpmstore.localstack.errors import StackNotRunningError, StackUnavailableError
 from rpmstore.logs import configure_logging
@@ -401,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate_parser(commands)
     _add_demo_parser(commands)
     add_rollup_commands(commands, database_url=_database_url)
+    alerts_cli.add_commands(commands, database_url=_database_url)
     return parser
 
 

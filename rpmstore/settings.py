@@ -67,3 +67,6 @@ class Settings(BaseSettings):
     # raw chunks were dropped); the newest `lag` stays aggregated on the fly.
     rollup_raw_horizon: timedelta = Field(default=timedelta(days=30), ge=timedelta(days=2))
     rollup_refresh_lag: timedelta = Field(default=timedelta(minutes=1), ge=timedelta(0))
+    # The MQTT ingestor runs the missing-data alert sweep this often (seconds); 0: it does not
+    # (run `rpmstore alerts sweep --loop` instead).
+    alert_sweep_interval_s: float = Field(default=60.0, ge=0)
