@@ -6,11 +6,13 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, HTTPException, Query, status
 from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 
-from api.access import scoped_transaction
+from api.access import NotVisibleError, scoped_transaction
+from api.auth import Principal
 from api.deps import ApiPoolDep, CareUser, RouteDep
 from api.pagination import (
     DEFAULT_PAGE_SIZE,
@@ -19,6 +21,13 @@ from api.pagination import (
     decode_cursor,
     encode_cursor,
     invalid_cursor,
+)
+from api.types import Note
+from ingest import (
+    AlertNotFoundError,
+    IllegalAlertTransitionError,
+    acknowledge_alert,
+    resolve_alert,
 )
 from schema.sql import queries
 
@@ -42,6 +51,7 @@ class Alert(BaseModel):
     first_breach_at: datetime
     last_breach_at: datetime
     last_value: float | None
+    peak_value: float | None = Field(description="The most extreme breaching value")
     breach_count: int
     acknowledged_at: datetime | None
     acknowledged_by: str | None
@@ -49,6 +59,10 @@ class Alert(BaseModel):
     resolved_at: datetime | None
     resolved_by: str | None
     resolution: str | None
+
+
+class TransitionIn(BaseModel):
+    note: Note | None = Field(None, description="Why (kept with the alert and its event)")
 
 
 class AlertPage(BaseModel):
@@ -101,3 +115,50 @@ async def inbox(
         else None
     )
     return AlertPage(items=[Alert(**row) for row in rows], next_cursor=next_cursor)
+
+
+async def _transition(
+    alert_id: uuid.UUID,
+    body: TransitionIn | None,
+    user: Principal,
+    pool: AsyncConnectionPool[Any],
+    route: str,
+    action: str,
+) -> Alert:
+    note = body.note if body else None
+    try:
+        async with scoped_transaction(pool, user, route=route, action=action) as tx:
+            change = acknowledge_alert if action == "acknowledge_alert" else resolve_alert
+            try:
+                row = await change(tx.conn, alert_id=alert_id, actor=user.subject, note=note)
+            except AlertNotFoundError:
+                # Not there, or another team's: the same answer.
+                raise NotVisibleError("alert") from None
+            tx.audit(action, patient_id=row["patient_id"], alert_id=str(alert_id))
+    except IllegalAlertTransitionError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    return Alert(**{k: v for k, v in row.items() if k in Alert.model_fields})
+
+
+@router.post("/{alert_id}/ack", response_model=Alert, summary="Acknowledge an alert")
+async def acknowledge(
+    alert_id: uuid.UUID,
+    user: CareUser,
+    pool: ApiPoolDep,
+    route: RouteDep,
+    body: TransitionIn | None = None,
+) -> Alert:
+    """open -> acknowledged, recording who, when and the note; 409 from any other status."""
+    return await _transition(alert_id, body, user, pool, route, "acknowledge_alert")
+
+
+@router.post("/{alert_id}/resolve", response_model=Alert, summary="Resolve an alert")
+async def resolve(
+    alert_id: uuid.UUID,
+    user: CareUser,
+    pool: ApiPoolDep,
+    route: RouteDep,
+    body: TransitionIn | None = None,
+) -> Alert:
+    """open or acknowledged -> resolved (manually); 409 if it is already resolved."""
+    return await _transition(alert_id, body, user, pool, route, "resolve_alert")

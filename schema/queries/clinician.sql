@@ -87,7 +87,7 @@ WHERE code = %(metric)s OR loinc_code = %(metric)s;
 -- name: alert_inbox
 -- Newest breach first; keyset pagination on (first_breach_at, alert_id) descending.
 SELECT a.alert_id, a.patient_id, a.rule_id, a.status, a.severity, a.rule_snapshot,
-       a.first_breach_at, a.last_breach_at, a.last_value, a.breach_count, a.acknowledged_at,
+       a.first_breach_at, a.last_breach_at, a.last_value, a.peak_value, a.breach_count, a.acknowledged_at,
        a.acknowledged_by, a.ack_note, a.resolved_at, a.resolved_by, a.resolution
 FROM rpm.alerts a
 WHERE (%(status)s::text IS NULL OR a.status = %(status)s)
@@ -99,7 +99,7 @@ LIMIT %(limit)s;
 
 -- name: alert_by_id
 SELECT a.alert_id, a.patient_id, a.rule_id, a.status, a.severity, a.rule_snapshot,
-       a.first_breach_at, a.last_breach_at, a.last_value, a.breach_count, a.acknowledged_at,
+       a.first_breach_at, a.last_breach_at, a.last_value, a.peak_value, a.breach_count, a.acknowledged_at,
        a.acknowledged_by, a.ack_note, a.resolved_at, a.resolved_by, a.resolution
 FROM rpm.alerts a
 WHERE a.alert_id = %(alert_id)s;

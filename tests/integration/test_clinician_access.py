@@ -400,3 +400,44 @@ def test_default_jwt_secret_is_refused_outside_dev() -> None:
             issuer="rpmstore",
             audience="rpmstore-api",
         )
+
+
+def test_alert_lifecycle_is_recorded_and_audited(ward: Ward) -> None:
+    url = f"/v1/alerts/{ward.a.alert_id}"
+    acked = ward.client.post(
+        f"{url}/ack", json={"note": "called the patient"}, headers=ward.a.headers()
+    )
+    assert acked.status_code == 200, acked.text
+    assert acked.json()["status"] == "acknowledged"
+    assert acked.json()["acknowledged_by"] == ward.a.clinician
+    again = ward.client.post(f"{url}/ack", headers=ward.a.headers())
+    assert again.status_code == 409
+    resolved = ward.client.post(f"{url}/resolve", headers=ward.a.headers())
+    assert resolved.status_code == 200 and resolved.json()["status"] == "resolved"
+    events = ward.owner.execute(
+        "SELECT actor, from_status, to_status, note FROM rpm.alert_events WHERE alert_id = %s "
+        "ORDER BY event_id",
+        (ward.a.alert_id,),
+    ).fetchall()
+    assert events[-2:] == [
+        (ward.a.clinician, "open", "acknowledged", "called the patient"),
+        (ward.a.clinician, "acknowledged", "resolved", None),
+    ]
+    audited = [row[:3] for row in _audit(ward.owner, ward.a.clinician)]
+    assert ("acknowledge_alert", ward.a.patient_id, "success") in audited
+    assert ("resolve_alert", ward.a.patient_id, "success") in audited
+
+
+def test_another_teams_alert_cannot_be_acknowledged(ward: Ward) -> None:
+    for action in ("ack", "resolve"):
+        response = ward.client.post(
+            f"/v1/alerts/{ward.b.alert_id}/{action}", headers=ward.a.headers()
+        )
+        assert response.status_code == 404
+        assert response.json() == {"detail": "alert not found"}
+    status = ward.owner.execute(
+        "SELECT status FROM rpm.alerts WHERE alert_id = %s", (ward.b.alert_id,)
+    ).fetchone()
+    assert status == ("open",)
+    refused = [row for row in _audit(ward.owner, ward.a.clinician) if row[2] == "not_found"]
+    assert [row[0] for row in refused] == ["acknowledge_alert", "resolve_alert"]
