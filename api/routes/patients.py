@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime
-from typing import Any
+from datetime import date, datetime, timedelta
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
@@ -19,12 +19,18 @@ from api.pagination import (
     decode_cursor,
     encode_cursor,
     invalid_cursor,
+    invalid_input,
 )
+from api.types import Text
+from schema.rollups import ROLLUP_WIDTHS, Resolution, bucket_count, choose_resolution
 from schema.sql import queries
 
 router = APIRouter(prefix="/v1/patients", tags=["patients"])
 _Q = queries("clinician")
 _FIRST_PATIENT = uuid.UUID(int=0)
+MAX_BUCKETS = 5000
+MAX_RAW_RANGE = timedelta(hours=24)
+MAX_RAW_POINTS = 20_000
 _SEVERITY_BY_RANK = {1: "critical", 2: "major", 3: "minor", 4: "warning"}
 
 
@@ -81,6 +87,28 @@ class PatientDetail(BaseModel):
     identifiers: list[Identifier]
     devices: list[AssignedDevice]
     open_alerts: int
+
+
+class TimelinePoint(BaseModel):
+    bucket_start: datetime = Field(
+        description="Start of the bucket (UTC); the reading's time for raw"
+    )
+    count: int = Field(description="Readings in the bucket; 0 marks a gap (the rest is null)")
+    min: float | None
+    max: float | None
+    avg: float | None
+    last: float | None = Field(description="The value measured last in the bucket")
+    last_at: datetime | None
+
+
+class Timeline(BaseModel):
+    patient_id: uuid.UUID
+    metric: str
+    unit: str
+    resolution: Resolution = Field(description="The resolution used (auto resolves to one)")
+    start: datetime
+    end: datetime
+    points: list[TimelinePoint]
 
 
 class LatestVitals(BaseModel):
@@ -197,3 +225,81 @@ async def latest_vitals(
             vitals = [_vital(r) for r in await cur.fetchall()]
         tx.audit("read_latest_vitals", patient_id=patient_id)
     return LatestVitals(patient_id=patient_id, vitals=vitals)
+
+
+def _aware(value: datetime, name: str) -> datetime:
+    if value.tzinfo is None:
+        raise invalid_input(("query", name), "must be a date-time with a UTC offset")
+    return value
+
+
+@router.get("/{patient_id}/vitals", response_model=Timeline, summary="A metric's timeline")
+async def timeline(
+    patient_id: uuid.UUID,
+    user: CareUser,
+    pool: ApiPoolDep,
+    route: RouteDep,
+    metric: Annotated[Text, Query(description="Catalogue code or LOINC code, e.g. spo2")],
+    start: Annotated[datetime, Query(description="Inclusive, RFC 3339 with offset")],
+    end: Annotated[datetime, Query(description="Exclusive, RFC 3339 with offset")],
+    resolution: Annotated[
+        Literal["raw", "1m", "1h", "1d", "auto"],
+        Query(description="auto: the coarsest rollup that still gives `points` buckets"),
+    ] = "auto",
+    points: Annotated[int, Query(ge=1, le=MAX_BUCKETS)] = 200,
+) -> Timeline:
+    """min/max/avg/count/last per bucket, with explicit gap buckets (count 0) where the
+    patient's devices sent nothing. Ranges are capped: at most 5000 buckets, and raw readings
+    over at most 24 hours."""
+    start, end = _aware(start, "start"), _aware(end, "end")
+    if end <= start:
+        raise invalid_input(("query", "end"), "end must be after start")
+    chosen: Resolution = (
+        choose_resolution(start, end, points) if resolution == "auto" else resolution
+    )
+    if chosen == "raw":
+        if end - start > MAX_RAW_RANGE:
+            raise invalid_input(
+                ("query", "resolution"), "raw readings span at most 24 hours: use a rollup"
+            )
+    elif bucket_count(start, end, ROLLUP_WIDTHS[chosen]) > MAX_BUCKETS:
+        raise invalid_input(
+            ("query", "resolution"),
+            f"more than {MAX_BUCKETS} {chosen} buckets: choose a coarser resolution",
+        )
+    async with scoped_transaction(pool, user, route=route, action="read_vitals") as tx:
+        async with tx.conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(_Q["patient"], {"patient_id": patient_id})
+            if await cur.fetchone() is None:
+                raise NotVisibleError("patient", patient_id=patient_id)
+            await cur.execute(_Q["metric_by_code"], {"metric": metric})
+            found = await cur.fetchone()
+            if found is None:
+                raise invalid_input(("query", "metric"), f"unknown metric {metric!r}")
+            await cur.execute(
+                _Q["vitals_timeline"],
+                {
+                    "patient_id": patient_id,
+                    "metric_id": found["metric_id"],
+                    "start": start,
+                    "end": end,
+                    "resolution": chosen,
+                    "limit": MAX_RAW_POINTS + 1,
+                },
+            )
+            rows = await cur.fetchall()
+        if len(rows) > MAX_RAW_POINTS:
+            raise invalid_input(
+                ("query", "resolution"),
+                f"more than {MAX_RAW_POINTS} raw readings: use a rollup or a shorter range",
+            )
+        tx.audit("read_vitals", patient_id=patient_id, metric=found["code"], resolution=chosen)
+    return Timeline(
+        patient_id=patient_id,
+        metric=found["code"],
+        unit=found["canonical_unit"],
+        resolution=chosen,
+        start=start,
+        end=end,
+        points=[TimelinePoint(**row) for row in rows],
+    )

@@ -3,6 +3,7 @@
 REVOKE ALL ON ALL TABLES IN SCHEMA rpm FROM rpmstore_api;
 REVOKE ALL ON SCHEMA rpm FROM rpmstore_api;
 
+DROP FUNCTION rpm.patient_vitals_timeline(uuid, smallint, timestamptz, timestamptz, text);
 DROP FUNCTION rpm.latest_vitals(uuid[]);
 
 DROP POLICY audit_log_append ON rpm.audit_log;

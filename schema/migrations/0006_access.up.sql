@@ -199,3 +199,37 @@ REVOKE ALL ON FUNCTION rpm.visible_patient_ids(), rpm.can_see_patient(uuid),
     rpm.latest_vitals(uuid[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION rpm.visible_patient_ids(), rpm.can_see_patient(uuid),
     rpm.latest_vitals(uuid[]) TO rpmstore_api;
+
+-- The timeline of one patient's metric (raw, 1m, 1h, 1d; gaps explicit), for the acting user
+-- only. rpm.vitals_timeline reads the rollups (continuous aggregates on TSL), which the API role
+-- cannot read and which cannot carry RLS: this function checks the scope first and returns
+-- nothing at all for a patient outside it. TimescaleDB's functions live in public.
+CREATE FUNCTION rpm.patient_vitals_timeline(
+    p_patient uuid,
+    p_metric smallint,
+    p_start timestamptz,
+    p_end timestamptz,
+    p_resolution text
+) RETURNS TABLE (
+    bucket_start timestamptz,
+    count bigint,
+    min double precision,
+    max double precision,
+    avg double precision,
+    last double precision,
+    last_at timestamptz
+)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS
+$$
+BEGIN
+    IF rpm.can_see_patient(p_patient) THEN
+        RETURN QUERY
+        SELECT t.bucket_start, t.count, t.min, t.max, t.avg, t.last, t.last_at
+        FROM rpm.vitals_timeline(p_patient, p_metric, p_start, p_end, p_resolution) t;
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION rpm.patient_vitals_timeline(uuid, smallint, timestamptz, timestamptz, text)
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    rpm.patient_vitals_timeline(uuid, smallint, timestamptz, timestamptz, text) TO rpmstore_api;

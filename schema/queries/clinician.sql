@@ -84,6 +84,12 @@ SELECT metric_id, code, loinc_code, display_name, canonical_unit
 FROM rpm.metrics
 WHERE code = %(metric)s OR loinc_code = %(metric)s;
 
+-- name: vitals_timeline
+SELECT bucket_start, count, min, max, avg, last, last_at
+FROM rpm.patient_vitals_timeline(%(patient_id)s, %(metric_id)s, %(start)s, %(end)s,
+                                 %(resolution)s)
+LIMIT %(limit)s;
+
 -- name: alert_inbox
 -- Newest breach first; keyset pagination on (first_breach_at, alert_id) descending.
 SELECT a.alert_id, a.patient_id, a.rule_id, a.status, a.severity, a.rule_snapshot,

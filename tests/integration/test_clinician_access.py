@@ -441,3 +441,75 @@ def test_another_teams_alert_cannot_be_acknowledged(ward: Ward) -> None:
     assert status == ("open",)
     refused = [row for row in _audit(ward.owner, ward.a.clinician) if row[2] == "not_found"]
     assert [row[0] for row in refused] == ["acknowledge_alert", "resolve_alert"]
+
+
+def test_timeline_has_gap_buckets_and_stays_in_scope(ward: Ward) -> None:
+    start = (NOW - timedelta(minutes=40)).replace(second=0)
+    params = {
+        "metric": "spo2",
+        "start": start.isoformat(),
+        "end": (start + timedelta(minutes=40)).isoformat(),
+        "resolution": "1m",
+    }
+    response = ward.client.get(
+        f"/v1/patients/{ward.a.patient_id}/vitals", params=params, headers=ward.a.headers()
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["metric"], body["unit"], body["resolution"]) == ("spo2", "%", "1m")
+    points = body["points"]
+    assert len(points) == 40  # one per minute, gaps included
+    filled = [(p["bucket_start"], p["count"], p["last"]) for p in points if p["count"]]
+    assert [(count, last) for _, count, last in filled] == [(1, 88.0), (1, 97.0)]
+    gap = next(p for p in points if p["count"] == 0)
+    assert (gap["min"], gap["max"], gap["avg"], gap["last"]) == (None, None, None, None)
+    # auto: the coarsest rollup that still gives the requested points. Three whole hours give
+    # three 1h buckets but at most two 1d buckets, whatever the time of day.
+    hour = NOW.replace(minute=0, second=0)
+    auto = ward.client.get(
+        f"/v1/patients/{ward.a.patient_id}/vitals",
+        params={
+            **params,
+            "start": (hour - timedelta(hours=3)).isoformat(),
+            "end": hour.isoformat(),
+            "resolution": "auto",
+            "points": 3,
+        },
+        headers=ward.a.headers(),
+    ).json()
+    assert (auto["resolution"], len(auto["points"])) == ("1h", 3)
+    foreign = ward.client.get(
+        f"/v1/patients/{ward.b.patient_id}/vitals", params=params, headers=ward.a.headers()
+    )
+    assert foreign.status_code == 404
+    too_long = ward.client.get(
+        f"/v1/patients/{ward.a.patient_id}/vitals",
+        params={**params, "resolution": "raw", "start": (NOW - timedelta(days=3)).isoformat()},
+        headers=ward.a.headers(),
+    )
+    assert too_long.status_code == 422
+    audited = [row[:3] for row in _audit(ward.owner, ward.a.clinician)]
+    assert ("read_vitals", ward.a.patient_id, "success") in audited
+    assert ("read_vitals", ward.b.patient_id, "not_found") in audited
+
+
+def test_the_scoping_function_returns_nothing_for_another_team(ward: Ward, api_db_url: str) -> None:
+    with psycopg.connect(api_db_url) as api, api.transaction():
+        api.execute(
+            "SELECT set_config('rpm.acting_subject', %s, true), "
+            "set_config('rpm.acting_roles', 'clinician', true), "
+            "set_config('rpm.acting_care_teams', %s, true)",
+            (ward.a.clinician, str(ward.a.care_team_id)),
+        )
+        args = (NOW - timedelta(hours=1), NOW + timedelta(minutes=1), "raw")
+        own = api.execute(
+            "SELECT count(*) FROM rpm.patient_vitals_timeline(%s, 4::smallint, %s, %s, %s)",
+            (ward.a.patient_id, *args),
+        ).fetchone()
+        other = api.execute(
+            "SELECT count(*) FROM rpm.patient_vitals_timeline(%s, 4::smallint, %s, %s, %s)",
+            (ward.b.patient_id, *args),
+        ).fetchone()
+        assert (own, other) == ((2,), (0,))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            api.execute("SELECT count(*) FROM rpm.readings_1m")
