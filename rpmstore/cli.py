@@ -77,6 +77,7 @@ def _db_url(settings: Settings, args: argparse.Namespace) -> int:
     prefix = "export " if args.export else ""
     pairs = {
         "DATABASE_URL": urls.database_url,
+        "API_DATABASE_URL": urls.api_database_url,
         "ADMIN_DATABASE_URL": urls.admin_database_url,
         "MQTT_URL": urls.mqtt_url,
         "MQTT_GATEWAY_URL": urls.mqtt_gateway_url,
