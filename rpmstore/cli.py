@@ -12,6 +12,7 @@ import psycopg
 
 from api.auth import InsecureAuthConfigError
 from ingest.alerting import cli as alerts_cli
+from rpmstore.clinician_demo import TokenSigner
 from rpmstore.localstack import stack
 from rpmstore.localstack.errors import StackNotRunningError, StackUnavailableError
 from rpmstore.logs import configure_logging
@@ -153,6 +154,22 @@ def _broker_passwd(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+def token_signer(settings: Settings) -> TokenSigner | None:
+    """Signs demo tokens with the API's own HS256 secret (None with an IdP's key pair)."""
+    from api.auth import issue_token
+    from rpmstore.asgi import auth_config
+
+    config = auth_config(settings)
+    if config.algorithm != "HS256":
+        return None
+    secret = settings.jwt_secret.get_secret_value()
+
+    def sign(subject: str, roles: list[str], teams: list[uuid.UUID]) -> str:
+        return issue_token(config, secret, subject=subject, roles=roles, care_teams=teams)
+
+    return sign
+
+
 def _token(settings: Settings, args: argparse.Namespace) -> int:
     from api.auth import issue_token
     from rpmstore.asgi import auth_config
@@ -199,7 +216,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
         patients=args.patients, rate=args.rate, seconds=args.seconds, seed=args.seed
     )
     try:
-        return run_ward_demo(stack.urls(settings), options)
+        return run_ward_demo(stack.urls(settings), options, token_signer(settings))
     except (DemoError, SendError) as exc:
         print(f"rpmstore: error: {exc}", file=sys.stderr)
         return 2

@@ -17,8 +17,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from rpmstore.cli import token_signer
 from rpmstore.localstack.model import StackUrls
 from rpmstore.localstack.mosquitto import GATEWAY_USER, INGEST_USER
+from rpmstore.settings import Settings
 from rpmstore.simulate import (
     Endpoints,
     SimulationConfig,
@@ -140,8 +142,11 @@ def test_ward_demo_runs_both_transports(
         mqtt_gateway_url=mqtt_broker.url(GATEWAY_USER),
     )
     options = DemoOptions(patients=2, rate=50.0, seconds=1.0, seed=3)
-    assert run_ward_demo(urls, options) == 0
+    assert run_ward_demo(urls, options, token_signer(Settings())) == 0
     out = capsys.readouterr().out
+    # The clinician's view through the API: the demo's patients, in a care team of their own.
+    assert "the ward as demo-clinician sees it" in out
+    assert out.count("SIM-") >= 2 * options.patients
     assert "simulated ward over MQTT" in out
     assert "simulated ward over HTTP" in out
     assert out.count("accounted  stored + duplicates + quarantined") == 2
