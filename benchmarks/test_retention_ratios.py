@@ -59,6 +59,9 @@ def fill(url: str) -> tuple[datetime, datetime]:
             "INSERT INTO rpm.patients (patient_id) VALUES ('11111111-1111-1111-1111-111111111111')"
         )
         conn.execute("VACUUM ANALYZE rpm.readings")
+        # As if the rollup refresher had run: retention waits for it (see README).
+        conn.execute("UPDATE rpm.rollup_watermark SET invalidation_threshold = %s", (AS_OF,))
+        conn.execute("UPDATE rpm.rollup_progress SET materialized_until = %s", (AS_OF,))
     return OLD_START, end
 
 

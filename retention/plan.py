@@ -64,20 +64,24 @@ class Plan:
 def build_plan(conn: psycopg.Connection, *, as_of: datetime) -> Plan:
     resolved = resolve(conn)
     held = tuple(str(r[0]) for r in conn.execute(Q["active_holds"]).fetchall())
-    watermark_row = conn.execute(Q["rollup_watermark"]).fetchone()
-    watermark: datetime | None = watermark_row[0] if watermark_row else None
+    watermark = rollup_gate(conn, resolved)
     slices: list[SliceWork] = []
     notes = list(resolved.notes)
     horizons: dict[str, datetime] = {}
     for target in resolved.targets:
         horizon = as_of - target.longest_keep
         horizons[target.name] = horizon
-        slices.extend(_drop_slices(conn, target, horizon, held, resolved, watermark))
+        slices.extend(_drop_slices(conn, target, horizon, held, watermark))
         slices.extend(_delete_slices(conn, target, as_of, horizon, held, resolved, watermark))
-    if not resolved.rollups_present:
+    if watermark.mode == "none":
         notes.append(
-            "no rollup table exists yet: raw drops check pending rollup invalidations only, "
+            "no rollup table exists: raw drops check pending rollup invalidations only, "
             "not the refresher's watermark"
+        )
+    elif watermark.mode == "caggs":
+        notes.append(
+            "rollups are continuous aggregates: raw drops check pending rollup invalidations, "
+            "not the aggregates' own refresh progress"
         )
     return Plan(as_of, tuple(slices), tuple(notes), held, horizons)
 
@@ -87,8 +91,7 @@ def _drop_slices(
     target: Target,
     horizon: datetime,
     held: tuple[str, ...],
-    resolved: ResolvedPolicies,
-    watermark: datetime | None,
+    watermark: RollupGate,
 ) -> list[SliceWork]:
     schema, table = target.chunk_schema_table
     grouped: dict[tuple[datetime, datetime], list[tuple[str, int]]] = {}
@@ -100,8 +103,8 @@ def _drop_slices(
     for (start, end), chunks in grouped.items():
         rows = slice_count(conn, SliceSpec(target, start, end))
         held_rows, held_patients = _held(conn, target, start, end, held)
-        blocked = rollups_block(conn, target, start, end, resolved, watermark)
-        if blocked is None and held_rows and not target.is_readings:
+        blocked = rollups_block(conn, target, start, end, watermark)
+        if blocked is None and held_rows and target.kind == "raw" and not target.is_readings:
             blocked = (
                 f"legal hold: {held_rows} rows of {held_patients} held patients and no held-rows "
                 f"table for {target.name}; the chunk is kept"
@@ -130,7 +133,7 @@ def _delete_slices(
     drop_horizon: datetime,
     held: tuple[str, ...],
     resolved: ResolvedPolicies,
-    watermark: datetime | None,
+    watermark: RollupGate,
 ) -> list[SliceWork]:
     """Row deletes for classes kept for less than the table's longest period."""
     longest = target.longest_keep
@@ -170,7 +173,7 @@ def _delete_slices(
                     held_patients=held_patients,
                     metric_class=policy.metric_class or "(default)",
                     metric_ids=metric_ids,
-                    blocked=rollups_block(conn, target, start, end, resolved, watermark),
+                    blocked=rollups_block(conn, target, start, end, watermark),
                 )
             )
     return work
@@ -193,8 +196,8 @@ def _held(
     held: tuple[str, ...],
     metric_ids: tuple[int, ...] | None = None,
 ) -> tuple[int, int]:
-    if not held or not target.has_patients:
-        return 0, 0
+    if not held or not target.has_patients or target.kind != "raw":
+        return 0, 0  # holds keep raw readings; rollups follow their own policy
     name = "held_rows_in_slice" if metric_ids is None else "held_rows_of_metrics"
     query = sql.SQL(Q[name]).format(
         relation=target.storage,
@@ -208,13 +211,40 @@ def _held(
     return int(row[0]), int(row[1])
 
 
+@dataclass(frozen=True)
+class RollupGate:
+    """How far rollups are complete, as far as this database can tell.
+
+    mode "none": no rollup target exists (nothing to wait for but pending invalidations);
+    "tables": rpmstore's own rollup tables (Apache edition) or another rollup hypertable, whose
+    refresher records its progress; "caggs": continuous aggregates (TSL edition), whose refresh
+    progress is TimescaleDB's own and is not read here.
+    """
+
+    mode: Literal["none", "tables", "caggs"]
+    complete_until: datetime | None  # raw rows before it are rolled up; None: nothing yet
+
+
+def rollup_gate(conn: psycopg.Connection, resolved: ResolvedPolicies) -> RollupGate:
+    rollups = [t for t in resolved.targets if t.kind == "rollup"]
+    has_progress = conn.execute(Q["has_rollup_progress"]).fetchone()
+    if has_progress and has_progress[0]:
+        row = conn.execute(Q["rollup_tables_complete_until"]).fetchone()
+        return RollupGate("tables", row[0] if row else None)
+    if not rollups:
+        return RollupGate("none", None)
+    if all(t.chunk_schema_table != (t.schema, t.table) for t in rollups):
+        return RollupGate("caggs", None)
+    row = conn.execute(Q["rollup_watermark"]).fetchone()
+    return RollupGate("tables", row[0] if row else None)
+
+
 def rollups_block(
     conn: psycopg.Connection,
     target: Target,
     start: datetime,
     end: datetime,
-    resolved: ResolvedPolicies,
-    watermark: datetime | None,
+    gate: RollupGate,
 ) -> str | None:
     """Why raw rows of [start, end) may not go yet: their rollups are not complete."""
     if not target.requires_rollups:
@@ -226,8 +256,8 @@ def rollups_block(
             f"rollups incomplete: {pending} pending rollup invalidations overlap "
             f"[{start.isoformat()}, {end.isoformat()}); refresh the rollups first"
         )
-    if resolved.rollups_present and (watermark is None or watermark < end):
-        shown = "nothing yet" if watermark is None else watermark.isoformat()
+    if gate.mode == "tables" and (gate.complete_until is None or gate.complete_until < end):
+        shown = "nothing yet" if gate.complete_until is None else gate.complete_until.isoformat()
         return (
             f"rollups incomplete: the refresher has rolled up to {shown}, "
             f"this range ends {end.isoformat()}"

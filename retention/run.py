@@ -27,7 +27,7 @@ from psycopg import errors, sql
 
 from retention.archive import ArchivedSlice, ArchiveStore, SliceSpec, export_slice, slice_checksum
 from retention.errors import RetentionError, SliceChangedError
-from retention.plan import Plan, SliceWork, build_plan, rollups_block
+from retention.plan import Plan, SliceWork, build_plan, rollup_gate, rollups_block
 from retention.targets import Q, resolve
 
 log = logging.getLogger(__name__)
@@ -211,16 +211,9 @@ def _lock_slice(
     )
     for c_schema, c_name in chunks:
         conn.execute(sql.SQL(Q["lock_chunk_share"]).format(chunk=sql.Identifier(c_schema, c_name)))
-    resolved = resolve(conn)  # again: a rollup table may have appeared since the plan
-    watermark_row = conn.execute(Q["rollup_watermark"]).fetchone()
-    blocked = rollups_block(
-        conn,
-        work.target,
-        work.start,
-        work.end,
-        resolved,
-        watermark_row[0] if watermark_row else None,
-    )
+    # Again, inside the transaction: a refresh or a rollup table may have changed things.
+    gate = rollup_gate(conn, resolve(conn))
+    blocked = rollups_block(conn, work.target, work.start, work.end, gate)
     if blocked is not None:
         raise SliceBlockedError(blocked)
     return held, tuple(f"{s}.{n}" for s, n in chunks)
@@ -244,7 +237,7 @@ def _drop_slice(
                 f"{archived.row_count} archived); the next run archives it again"
             )
         rows_held = 0
-        if held and work.target.has_patients:
+        if held and work.target.has_patients and work.target.kind == "raw":
             held_query = sql.SQL(Q["held_rows_in_slice"]).format(
                 relation=work.target.storage,
                 time_column=sql.SQL("t.{}").format(sql.Identifier(work.target.time_column)),
@@ -253,7 +246,7 @@ def _drop_slice(
                 held_query, {"start": work.start, "end": work.end, "held": held}
             ).fetchone()
             rows_held = int(row[0]) if row else 0
-            if rows_held and not work.target.is_readings:
+            if rows_held and work.target.kind == "raw" and not work.target.is_readings:
                 raise SliceBlockedError(
                     f"legal hold: {rows_held} rows of held patients and no held-rows table for "
                     f"{work.target.name}; the chunk is kept"

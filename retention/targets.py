@@ -97,7 +97,6 @@ class ResolvedPolicies:
     notes: tuple[str, ...]  # targets skipped, and why
     metric_classes: dict[str, tuple[int, ...]]
     all_metric_ids: tuple[int, ...]
-    rollups_present: bool  # some rollup target exists: the refresher's watermark then counts
 
 
 def load_policies(conn: psycopg.Connection) -> list[Policy]:
@@ -111,7 +110,6 @@ def resolve(conn: psycopg.Connection) -> ResolvedPolicies:
         by_table.setdefault((policy.target_schema, policy.target_table), []).append(policy)
     targets: list[Target] = []
     notes: list[str] = []
-    rollups_present = False
     for (schema, table), policies in by_table.items():
         target, note = _resolve_one(conn, schema, table, policies)
         if target is None:
@@ -121,7 +119,6 @@ def resolve(conn: psycopg.Connection) -> ResolvedPolicies:
             )
             continue
         targets.append(target)
-        rollups_present = rollups_present or target.kind == "rollup"
     classes = {name: tuple(ids) for name, ids in conn.execute(Q["metric_classes"]).fetchall()}
     all_ids = conn.execute(Q["all_metric_ids"]).fetchone()
     return ResolvedPolicies(
@@ -129,7 +126,6 @@ def resolve(conn: psycopg.Connection) -> ResolvedPolicies:
         notes=tuple(notes),
         metric_classes=classes,
         all_metric_ids=tuple(all_ids[0] or ()) if all_ids else (),
-        rollups_present=rollups_present,
     )
 
 

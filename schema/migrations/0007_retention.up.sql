@@ -44,6 +44,11 @@ INSERT INTO rpm.retention_policies (target_schema, target_table, metric_class, k
                                     requires_rollups, note)
 VALUES ('rpm', 'readings', NULL, interval '90 days', 'raw', true,
         'raw readings; rollups keep the long-term trend'),
+       -- Apache edition: rpmstore's rollup hypertables (migration 0004).
+       ('rpm', 'rollup_1m', NULL, interval '2 years', 'rollup', false, '1-minute rollups'),
+       ('rpm', 'rollup_1h', NULL, interval '10 years', 'rollup', false, 'hourly rollups'),
+       ('rpm', 'rollup_1d', NULL, interval '10 years', 'rollup', false, 'daily rollups'),
+       -- TSL edition: the continuous aggregates of the same name (views on Apache: skipped).
        ('rpm', 'readings_1m', NULL, interval '2 years', 'rollup', false, '1-minute rollups'),
        ('rpm', 'readings_1h', NULL, interval '10 years', 'rollup', false, 'hourly rollups'),
        ('rpm', 'readings_1d', NULL, interval '10 years', 'rollup', false, 'daily rollups');

@@ -90,10 +90,23 @@ FROM rpm.rollup_invalidations
 WHERE range_start < %(end)s AND range_end >= %(start)s;
 
 -- name: rollup_watermark
--- NULL while nothing is rolled up ('-infinity'); 'infinity' reads as the far future.
+-- How far rollups are complete when only rpm.rollup_watermark exists: NULL while nothing is
+-- rolled up ('-infinity'); 'infinity' reads as the far future.
 SELECT CASE WHEN isfinite(invalidation_threshold) THEN invalidation_threshold
             WHEN invalidation_threshold > now() THEN timestamptz '9999-12-31 00:00+00' END
 FROM rpm.rollup_watermark;
+
+-- name: has_rollup_progress
+-- The Apache edition's rollup tables (migration 0004) record what they have materialized.
+SELECT to_regclass('rpm.rollup_progress') IS NOT NULL;
+
+-- name: rollup_tables_complete_until
+-- Apache edition: rows before the invalidation threshold are visible or recorded as
+-- invalidations, and buckets before materialized_until are in the rollup tables; raw rows
+-- before the lesser of the two (and without pending invalidations) are rolled up.
+SELECT CASE WHEN isfinite(least(w.invalidation_threshold, p.materialized_until))
+            THEN least(w.invalidation_threshold, p.materialized_until) END
+FROM rpm.rollup_watermark w CROSS JOIN rpm.rollup_progress p;
 
 -- name: lock_chunk_share
 -- Blocks writers into this chunk (only late readings would write there), not readers.

@@ -81,3 +81,10 @@ def chunk_ranges(conn: psycopg.Connection) -> list[tuple[datetime, datetime]]:
             "WHERE hypertable_schema = 'rpm' AND hypertable_name = 'readings' ORDER BY 1"
         )
     ]
+
+
+def mark_rollups_complete(conn: psycopg.Connection, until: datetime) -> None:
+    """Record rollups as complete up to ``until``, as the refresher does once it has run (the
+    real refresher over months of test data would take most of a test's time)."""
+    conn.execute("UPDATE rpm.rollup_watermark SET invalidation_threshold = %s", (until,))
+    conn.execute("UPDATE rpm.rollup_progress SET materialized_until = %s", (until,))

@@ -29,6 +29,7 @@ from tests.integration.retention_data import (
     chunk_ranges,
     count_between,
     insert_readings,
+    mark_rollups_complete,
     new_patient,
 )
 
@@ -81,6 +82,7 @@ def data(conn: psycopg.Connection) -> dict[str, uuid.UUID]:
     insert_readings(conn, patient=patient, start=OLD, count=3000)
     insert_readings(conn, patient=held, start=OLD + timedelta(days=3), count=200)
     insert_readings(conn, patient=patient, start=RECENT, count=100)
+    mark_rollups_complete(conn, AS_OF)
     return {"patient": patient, "held": held}
 
 
@@ -99,7 +101,9 @@ def test_plan_lists_due_chunks_held_rows_and_missing_targets(
     assert sum(s.held_rows for s in due) == 400
     assert all(s.bytes > 0 and s.chunks for s in due)
     assert plan.held_patients == (str(data["held"]),)
-    assert any("rpm.readings_1m: does not exist" in note for note in plan.notes)
+    assert any(
+        "rpm.readings_1m: not a hypertable or continuous aggregate" in note for note in plan.notes
+    )
     # A dry run changes nothing.
     assert conn.execute("SELECT count(*) FROM rpm.retention_runs").fetchone() == (0,)
 
@@ -113,7 +117,7 @@ def test_plan_lists_due_chunks_held_rows_and_missing_targets(
     assert "patients under legal hold: 1" in out
     assert f"total: {len(due)} slices due, {sum(s.row_count for s in due)} rows" in out
     assert "400 held rows kept" in out
-    assert "note: rpm.readings_1h: does not exist in this database" in out
+    assert "note: rpm.readings_1h: not a hypertable or continuous aggregate" in out
 
 
 @pytest.mark.usefixtures("data")
@@ -232,21 +236,17 @@ def test_pending_rollup_invalidations_block_the_drop(
 
 
 @pytest.mark.usefixtures("data")
-def test_rollup_watermark_blocks_raw_drops_once_rollups_exist(
-    conn: psycopg.Connection, tmp_path: Path
-) -> None:
-    """With a rollup table present, raw slices past the refresher's watermark stay."""
-    conn.execute(
-        "CREATE TABLE rpm.readings_1h (bucket timestamptz NOT NULL, patient_id uuid NOT NULL, "
-        "metric_id smallint NOT NULL, avg double precision)"
-    )
-    conn.execute("SELECT create_hypertable('rpm.readings_1h', by_range('bucket'))")
+def test_raw_drops_wait_for_the_rollup_refresher(conn: psycopg.Connection, tmp_path: Path) -> None:
+    """Raw slices past what the refresher has rolled up stay (Apache edition rollup tables)."""
+    conn.execute("UPDATE rpm.rollup_watermark SET invalidation_threshold = '-infinity'")
+    conn.execute("UPDATE rpm.rollup_progress SET materialized_until = '-infinity'")
     plan = build_plan(conn, as_of=AS_OF)
-    assert plan.slices and all(
-        "refresher has rolled up to nothing yet" in (s.blocked or "") for s in plan.slices
-    )
+    assert plan.slices
+    assert all("refresher has rolled up to nothing yet" in (s.blocked or "") for s in plan.slices)
     middle = plan.slices[1].end
+    # Complete up to the lesser of the ingest threshold and the materialized buckets.
     conn.execute("UPDATE rpm.rollup_watermark SET invalidation_threshold = %s", (middle,))
+    conn.execute("UPDATE rpm.rollup_progress SET materialized_until = %s", (AS_OF,))
     result = run_retention(conn, options(tmp_path))
     assert [s.status for s in result.slices] == ["dropped", "dropped"] + ["skipped"] * (
         len(result.slices) - 2
