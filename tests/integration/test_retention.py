@@ -389,3 +389,26 @@ def test_archives_go_to_any_fsspec_url(conn: psycopg.Connection) -> None:
     assert uris and all(uri.startswith("memory://") for uri in uris)
     restore_range(conn, start=OLD - timedelta(days=30), end=AS_OF, operator="dr-ops")
     assert conn.execute(STORED_ROWS).fetchall() == before
+
+
+def test_rollup_tables_follow_their_own_policy(conn: psycopg.Connection, tmp_path: Path) -> None:
+    """rpm.rollup_1m (kept 2 years): another hypertable, time column and shape, same engine."""
+    patient = new_patient(conn)
+    place_hold(conn, patient, reason="holds keep raw readings, not rollups", by="counsel")
+    old = AS_OF - timedelta(days=3 * 365)
+    conn.execute(
+        "INSERT INTO rpm.rollup_1m (bucket_start, last_at, reading_count, value_sum, value_min, "
+        "value_max, last_value, patient_id, metric_id) "
+        "SELECT %s + g * interval '1 minute', %s + g * interval '1 minute', 2, 140, 70, 70, 70, "
+        "%s, 1 FROM generate_series(0, 999) AS g",
+        (old, old, patient),
+    )
+    before = conn.execute("SELECT * FROM rpm.rollup_1m ORDER BY bucket_start").fetchall()
+    plan = build_plan(conn, as_of=AS_OF)
+    rollup = [s for s in plan.slices if s.target.name == "rpm.rollup_1m"]
+    assert [(s.row_count, s.held_rows, s.blocked) for s in rollup] == [(1000, 0, None)]
+    result = run_retention(conn, options(tmp_path))
+    assert result.outcome == "succeeded" and result.rows_dropped == 1000
+    assert conn.execute("SELECT count(*) FROM rpm.rollup_1m").fetchone() == (0,)
+    restore_range(conn, start=old, end=AS_OF, operator="dr-ops", target=("rpm", "rollup_1m"))
+    assert conn.execute("SELECT * FROM rpm.rollup_1m ORDER BY bucket_start").fetchall() == before
