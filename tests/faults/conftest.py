@@ -194,6 +194,7 @@ class FaultWard:
 
     db_url: str
     admin_db_url: str
+    api_db_url: str
     ward: Ward
     plan: TrafficPlan
     tmp_path: Path
@@ -206,6 +207,7 @@ class FaultWard:
         return {
             **os.environ,
             "DATABASE_URL": self.db_url,
+            "API_DATABASE_URL": self.api_db_url,
             "MQTT_URL": mqtt_url(INGEST_USER, self.broker_passwords[INGEST_USER], self.broker.port),
             "RPMSTORE_MQTT_GROUP": f"g{uuid.uuid4().hex[:8]}",
             "RPMSTORE_MQTT_CLIENT_ID": f"faults-{uuid.uuid4().hex[:8]}",
@@ -368,7 +370,14 @@ def fault_ward(
     database = str(conninfo_to_dict(db_url)["dbname"])
     broker, passwords = fault_broker
     fault = FaultWard(
-        db_url, pg_server.url(database, admin=True), ward, plan, tmp_path, broker, passwords
+        db_url,
+        pg_server.url(database, admin=True),
+        pg_server.url(database, api=True),
+        ward,
+        plan,
+        tmp_path,
+        broker,
+        passwords,
     )
     try:
         yield fault
