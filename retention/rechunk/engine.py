@@ -446,16 +446,21 @@ class Rechunker:
         step = max(
             1, math.ceil(self._options.batch_rows / (rows_per_block or _DEFAULT_ROWS_PER_BLOCK))
         )
-        statement = sql.SQL(q("copy_batch")).format(
-            target=shadow, columns=columns, chunk=sql.SQL(chunk)
-        )
+        parts = {"target": shadow, "columns": columns, "chunk": sql.SQL(chunk)}
+        fast = sql.SQL(q("copy_batch")).format(**parts)
+        merge = sql.SQL(q("merge_batch")).format(**parts)
+        merged = 0
         while next_block < total_blocks:
             last = min(total_blocks, next_block + step)
+            blocks = {"first": f"({next_block},0)", "last": f"({last},0)"}
             with conn.transaction():
                 conn.execute(q("asynchronous_commit"), {})
-                cursor = conn.execute(
-                    statement, {"first": f"({next_block},0)", "last": f"({last},0)"}
-                )
+                try:
+                    with conn.transaction():  # a savepoint, for the fallback
+                        cursor = conn.execute(fast, blocks)
+                except psycopg.errors.UniqueViolation:
+                    cursor = conn.execute(merge, blocks)
+                    merged += 1
                 rows = max(cursor.rowcount, 0)
                 self._pause("inside")
                 conn.execute(q("advance_chunk"), {**key, "next_block": last, "rows": rows})
@@ -467,7 +472,10 @@ class Rechunker:
         with conn.transaction():
             conn.execute(q("finish_chunk"), key)
         report.chunks += 1
-        log.info("chunk copied", extra={"run_id": run.run_id, "chunk": chunk})
+        log.info(
+            "chunk copied",
+            extra={"run_id": run.run_id, "chunk": chunk, "merged_batches": merged},
+        )
 
     def _pause(self, where: str) -> None:
         if self._options.pause is not None:

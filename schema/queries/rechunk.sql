@@ -343,19 +343,28 @@ ORDER BY r.run_id;
 
 -- name: copy_batch
 -- One range of the source chunk's heap blocks (a TID range scan: no index needed, and the same
--- range is the same rows when a killed batch is repeated).
+-- range is the same rows when a killed batch is repeated). Plain INSERT first: it is faster
+-- than ON CONFLICT's speculative insertion, and conflicts are rare (only rows the dual write
+-- already carried over).
+INSERT INTO {target} ({columns})
+SELECT {columns} FROM {chunk}
+WHERE ctid >= %(first)s::tid AND ctid < %(last)s::tid;
+
+-- name: merge_batch
+-- The same batch when some of its rows are already in the new table.
 INSERT INTO {target} ({columns})
 SELECT {columns} FROM {chunk}
 WHERE ctid >= %(first)s::tid AND ctid < %(last)s::tid
 ON CONFLICT DO NOTHING;
 
 -- name: source_checksum
--- Order-independent: the sum of a 64-bit hash of every row's text form (numeric: no overflow).
-SELECT count(*), coalesce(sum(hashtextextended(ROW({row})::text, 0)), 0)
+-- Order-independent: the sum of a 64-bit hash of every row, all columns (each hashed by its
+-- type's own extended hash function: no text conversion), summed as numeric (no overflow).
+SELECT count(*), coalesce(sum(hash_record_extended(ROW({row}), 0)), 0)
 FROM {chunk} t;
 
 -- name: target_checksum
-SELECT t.tableoid::regclass::text, count(*), coalesce(sum(hashtextextended(ROW({row})::text, 0)), 0)
+SELECT t.tableoid::regclass::text, count(*), coalesce(sum(hash_record_extended(ROW({row}), 0)), 0)
 FROM {target} t
 WHERE {predicate}
 GROUP BY 1
