@@ -416,7 +416,14 @@ class Rechunker:
             pending = self._conn.execute(q("chunks_to_copy"), {"run_id": run.run_id}).fetchall()
             if not pending:
                 return
+            # Chunk names are used as SQL only when the catalogue vouches for them.
+            existing = {c.name for c in source_chunks(self._conn, table)}
             for chunk, state, total_blocks, next_block in pending:
+                if chunk not in existing:
+                    raise VerificationError(
+                        f"run {run.run_id}: source chunk {chunk} was dropped during the run; "
+                        f"'rechunk rollback' abandons it"
+                    )
                 self._copy_chunk(
                     run, chunk, state, total_blocks, next_block, shadow, columns, report
                 )
@@ -487,10 +494,18 @@ class Rechunker:
         shadow = _identifier(table.schema, run.names.shadow(table.name))
         row_expression = sql.SQL(", ").join(sql.Identifier("t", c) for c in table.copy_columns)
         all_good = True
-        for chunk, predicate in conn.execute(
+        # The predicate is read from the catalogue again, never taken back from a table as SQL.
+        predicates = {c.name: c.predicate for c in source_chunks(conn, table)}
+        for chunk, _recorded in conn.execute(
             q("chunks_to_verify"), {"run_id": run.run_id}
         ).fetchall():
             key = {"run_id": run.run_id, "chunk": chunk}
+            if chunk not in predicates:
+                raise VerificationError(
+                    f"run {run.run_id}: source chunk {chunk} was dropped during the run; "
+                    f"'rechunk rollback' abandons it"
+                )
+            predicate = predicates[chunk]
             with conn.transaction():
                 # One snapshot for both sides: the dual write keeps them equal in every one.
                 conn.execute(q("repeatable_read"))
@@ -548,7 +563,9 @@ class Rechunker:
 
     def _raise_mismatch(self, run: _Run) -> None:
         rows = self._conn.execute(q("mismatched_chunks"), {"run_id": run.run_id}).fetchall()
-        listed = ", ".join(f"{c} (old {s}, new {t})" for c, s, t in rows)
+        listed = ", ".join(f"{c} (old {s}, new {t})" for c, s, t in rows) or (
+            "chunks that kept appearing"
+        )
         raise VerificationError(
             f"run {run.run_id}: the new table still differs after {_VERIFY_PASSES} copies of "
             f"{listed}: no cutover. Was the live table changed outside ingest (drop_chunks, "
@@ -740,9 +757,13 @@ class Rechunker:
     @contextmanager
     def _table_lock(self, schema: str, name: str) -> Iterator[None]:
         table = f"{schema}.{name}"
-        row = self._conn.execute(q("lock_table_runs"), {"table": table}).fetchone()
-        if row is None or not row[0]:
-            raise RechunkRefusedError(f"another rechunk process is working on {table}")
+        self._conn.execute(q("session_lock_timeout"), {"timeout": "10s"})
+        try:
+            self._conn.execute(q("lock_table_runs"), {"table": table})
+        except psycopg.errors.LockNotAvailable:
+            raise RechunkRefusedError(f"another rechunk process is working on {table}") from None
+        finally:
+            self._conn.execute(q("session_lock_timeout"), {"timeout": "0"})
         try:
             yield
         finally:

@@ -222,8 +222,12 @@ CREATE TRIGGER {trigger} BEFORE TRUNCATE ON {table}
 -- ---------------------------------------------------------------------------------------------
 
 -- name: lock_table_runs
--- Session lock: one rechunk process per table; a killed process releases it with its session.
-SELECT pg_try_advisory_lock(hashtext('rpmstore.rechunk'), hashtext(%(table)s));
+-- Session lock: one rechunk process per table; a killed process releases it with its session
+-- (waiting a few seconds, for a just-killed process's backend to notice and end).
+SELECT pg_advisory_lock(hashtext('rpmstore.rechunk'), hashtext(%(table)s));
+
+-- name: session_lock_timeout
+SELECT set_config('lock_timeout', %(timeout)s, false);
 
 -- name: unlock_table_runs
 SELECT pg_advisory_unlock(hashtext('rpmstore.rechunk'), hashtext(%(table)s));

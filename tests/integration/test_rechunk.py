@@ -117,6 +117,8 @@ def rpmstore(db_url: str, log: Path, *args: str, pause: str | None = None) -> Co
         "DATABASE_URL": db_url,
         "MQTT_URL": "mqtt://unused@127.0.0.1:1",
         "RPMSTORE_LOG_LEVEL": "WARNING",
+        # An instance with no local-stack state: the developer's own stack is never consulted.
+        "RPMSTORE_INSTANCE": f"rechunk-test-{os.getpid()}",
     }
     env.pop("RPMSTORE_RECHUNK_TEST_PAUSE", None)
     if pause is not None:
