@@ -60,6 +60,7 @@ class Column:
     compression: str | None
     storage: str | None  # when not the type's default
     comment: str | None
+    hashable: bool  # the type has a default hash operator class
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ class TableDefinition:
     triggers: tuple[Trigger, ...]
     policies: tuple[Policy, ...]
     grants: tuple[Grant, ...]
+    owned_sequences: tuple[tuple[str, str], ...]  # (sequence, column)
 
     @property
     def qualified(self) -> str:
@@ -197,6 +199,7 @@ def _read_definition(conn: psycopg.Connection, schema: str, name: str) -> TableD
             compression=r[9],
             storage=r[10],
             comment=r[11],
+            hashable=r[12],
         )
         for r in conn.execute(q("columns"), params)
     )
@@ -231,6 +234,9 @@ def _read_definition(conn: psycopg.Connection, schema: str, name: str) -> TableD
         triggers=triggers,
         policies=policies,
         grants=grants,
+        owned_sequences=tuple(
+            (str(r[0]), str(r[1])) for r in conn.execute(q("owned_sequences"), params)
+        ),
     )
 
 

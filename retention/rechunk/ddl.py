@@ -267,6 +267,19 @@ def at_cutover(table: TableDefinition, live: sql.Identifier, *, security: bool) 
     return statements
 
 
+def own_sequences(table: TableDefinition, live: sql.Identifier) -> list[Statement]:
+    """Serial columns' sequences follow the live name (the new table after a cutover, the old
+    one after a rollback), so dropping the other table never drops them."""
+    return [
+        sql.SQL("ALTER SEQUENCE {} OWNED BY {}.{}").format(
+            sql.SQL(sequence),  # regclass text from the catalogue
+            live,
+            sql.Identifier(column),
+        )
+        for sequence, column in table.owned_sequences
+    ]
+
+
 def drop_user_triggers(table: TableDefinition, on: sql.Identifier) -> list[Statement]:
     """The old table only receives mirrored rows between cutover and finalize: their triggers'
     effects already happened on the live table. (TimescaleDB cannot disable a trigger on a

@@ -492,7 +492,13 @@ class Rechunker:
         """Verify every copied chunk; False when one must be copied again."""
         conn = self._conn
         shadow = _identifier(table.schema, run.names.shadow(table.name))
-        row_expression = sql.SQL(", ").join(sql.Identifier("t", c) for c in table.copy_columns)
+        row_expression = sql.SQL(", ").join(
+            sql.Identifier("t", c.name)
+            if c.hashable
+            else sql.SQL("{}::text").format(sql.Identifier("t", c.name))
+            for c in table.columns
+            if c.generated == ""
+        )
         all_good = True
         # The predicate is read from the catalogue again, never taken back from a table as SQL.
         predicates = {c.name: c.predicate for c in source_chunks(conn, table)}
@@ -645,6 +651,8 @@ class Rechunker:
             self._rename_table(schema, name, retired_name)
             self._rename_indexes(table, _identifier(schema, shadow_name), names.shadow, back=True)
             self._rename_table(schema, shadow_name, name)
+            for statement in ddl.own_sequences(table, live):
+                conn.execute(statement)
             for statement in ddl.at_cutover(table, live, security=True):
                 conn.execute(statement)
             retired = _identifier(schema, retired_name)
@@ -693,6 +701,8 @@ class Rechunker:
             retired = _identifier(schema, retired_name)
             self._rename_indexes(table, retired, names.retired, back=True)
             self._rename_table(schema, retired_name, name)
+            for statement in ddl.own_sequences(table, live):
+                conn.execute(statement)
             for statement in ddl.at_cutover(table, live, security=False):
                 conn.execute(statement)  # the user triggers, back on the old table
             # Every row the new table received after the cutover was mirrored into the old one.

@@ -57,7 +57,11 @@ SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
             THEN cn.nspname END,
        a.attstattarget, nullif(a.attcompression::text, ''),
        CASE WHEN a.attstorage <> t.typstorage THEN a.attstorage::text END,
-       col_description(a.attrelid, a.attnum)
+       col_description(a.attrelid, a.attnum),
+       -- Checksums hash each column with its type's own hash function; a type without one
+       -- (json, point...) is hashed through its text form.
+       EXISTS (SELECT FROM pg_opclass oc JOIN pg_am am ON am.oid = oc.opcmethod
+               WHERE am.amname = 'hash' AND oc.opcdefault AND oc.opcintype = a.atttypid)
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
@@ -176,6 +180,17 @@ SELECT pg_relation_size(c.oid) / current_setting('block_size')::bigint,
        CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN c.reltuples / c.relpages END
 FROM pg_class c
 WHERE c.oid = %(chunk)s::regclass;
+
+-- name: owned_sequences
+-- Sequences owned by a column (serial): they move to the new table at cutover, or dropping
+-- the old table at finalize would drop them from under the new table's defaults.
+SELECT d.objid::regclass::text, a.attname
+FROM pg_depend d
+JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+  AND d.refobjid = %(oid)s AND d.deptype = 'a'
+ORDER BY 1;
 
 -- name: table_exists
 SELECT to_regclass(%(name)s) IS NOT NULL;

@@ -374,6 +374,10 @@ def _decorate(conn: psycopg.Connection) -> None:
         ALTER TABLE rpm.readings ALTER COLUMN client_reading_id SET DEFAULT 'none';
         ALTER TABLE rpm.readings ALTER COLUMN value SET STATISTICS 500;
         CREATE INDEX readings_batch ON rpm.readings (batch_id) WHERE batch_id > 0;
+        -- A serial column (its sequence must survive finalize) and a type with no hash
+        -- function (json: checksummed through its text).
+        ALTER TABLE rpm.readings ADD COLUMN reading_no bigserial,
+                                 ADD COLUMN note json DEFAULT '{"source": "seed"}';
         GRANT SELECT ON rpm.readings TO PUBLIC;
         GRANT UPDATE (client_reading_id) ON rpm.readings TO PUBLIC;
         ALTER TABLE rpm.readings ENABLE ROW LEVEL SECURITY;
@@ -436,6 +440,12 @@ def test_new_table_is_a_faithful_copy_and_rollback_restores_the_old(
     assert _without_dimensions(final) == _without_dimensions(before)
     assert dimensions(conn) == [("measured_at", "12:00:00")]
     assert scalar(conn, "SELECT count(*) FROM rpm.readings") == 5_001
+    conn.execute(
+        "INSERT INTO rpm.readings (measured_at, received_at, value, batch_id, device_id, "
+        "patient_id, metric_id) VALUES (now(), now(), 1, 0, gen_random_uuid(), "
+        "gen_random_uuid(), 1)"
+    )
+    assert scalar(conn, "SELECT max(reading_no) FROM rpm.readings") == 5_002
     states = conn.execute(
         "SELECT run_id, state, operator <> '' FROM rpm.rechunk_runs ORDER BY run_id"
     ).fetchall()
