@@ -139,8 +139,15 @@ class Rechunker:
 
     def rechunk(self, schema: str, name: str, *, chunk_interval: str) -> RunReport:
         """Rewrite ``schema.name`` with a new time-chunk interval (resuming a run in progress)."""
-        row = self._conn.execute(q("normalize_interval"), {"interval": chunk_interval}).fetchone()
+        try:
+            row = self._conn.execute(
+                q("normalize_interval"), {"interval": chunk_interval}
+            ).fetchone()
+        except psycopg.errors.DataError as exc:
+            raise RechunkRefusedError(f"--chunk-interval {chunk_interval!r}: {exc}") from None
         assert row is not None
+        if row[0] is None or not str(row[0]) or str(row[0]).startswith("-"):
+            raise RechunkRefusedError(f"--chunk-interval {chunk_interval!r} must be positive")
         interval = str(row[0])
 
         def target(table: TableDefinition) -> tuple[Dimension, ...]:

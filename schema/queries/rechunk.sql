@@ -30,7 +30,8 @@ SELECT set_config('lock_timeout', %(timeout)s, true);
 SELECT set_config('synchronous_commit', 'off', true);
 
 -- name: normalize_interval
-SELECT %(interval)s::interval::text;
+-- As the dimensions query prints it, so '168 hours' and '7 days' compare equal.
+SELECT justify_hours(%(interval)s::interval)::text;
 
 -- name: hypertable
 SELECT c.oid::bigint, h.id, pg_get_userbyid(c.relowner), c.relrowsecurity, c.relforcerowsecurity,
@@ -43,7 +44,8 @@ JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = h.table_name
 WHERE h.schema_name = %(schema)s AND h.table_name = %(name)s;
 
 -- name: dimensions
-SELECT column_name, column_type::text, dimension_type, time_interval, num_partitions
+SELECT column_name, column_type::text, dimension_type, justify_hours(time_interval)::text,
+       num_partitions
 FROM timescaledb_information.dimensions
 WHERE hypertable_schema = %(schema)s AND hypertable_name = %(name)s
 ORDER BY dimension_number;

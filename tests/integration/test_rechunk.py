@@ -515,3 +515,16 @@ def test_repartition_by_hash_of_device(
     assert "repartition rpm.readings" in status and "cut_over" in status
     rpmstore(db_url, tmp_path / "finalize.log", "rechunk", "finalize", "readings").finish()
     amcheck(pg_server, debian_root, db_url)
+
+
+def test_nonsense_is_refused_with_a_reason(conn: psycopg.Connection) -> None:
+    rechunker = Rechunker(conn)
+    with pytest.raises(RechunkRefusedError, match="chunk-interval"):
+        rechunker.rechunk("rpm", "readings", chunk_interval="one fortnight")
+    with pytest.raises(RechunkRefusedError, match="nothing to do"):
+        rechunker.rechunk("rpm", "readings", chunk_interval="168 hours")
+    with pytest.raises(RechunkRefusedError, match="not a hypertable"):
+        rechunker.rechunk("rpm", "patients", chunk_interval="1 day")
+    with pytest.raises(RechunkRefusedError, match="no re-chunk"):
+        rechunker.rollback("rpm", "readings")
+    assert scalar(conn, "SELECT count(*) FROM rpm.rechunk_runs") == 0
