@@ -4,7 +4,7 @@ The same readings (35 days, 7-day chunks) are rewritten into 1-day chunks three 
 into an empty hypertable with the same indexes:
 
 1. baseline: one ``INSERT INTO new SELECT * FROM rpm.readings`` (no batches, no ledger, no
-   verification, nothing resumable);
+   verification, nothing resumable), measured before and after the others; the faster counts;
 2. binary COPY: per source chunk, ``COPY (SELECT ...) TO STDOUT (FORMAT BINARY)`` streamed
    into ``COPY new FROM STDIN (FORMAT BINARY)`` through the client: the alternative batch
    primitive, measured to choose between the two;
@@ -124,6 +124,11 @@ def test_rechunk_ratio_to_plain_insert_select(
         assert count(conn, sql.Identifier("rpm", "readings")) == ROWS
         assert all(d.difference == 0 for d in report.reconciliation)
         rechunker.finalize("rpm", "readings")
+        # The baseline again, after: the faster of the two counts (the first one runs on a
+        # freshly loaded table, and this machine is shared), so the ratio is not flattered.
+        second_baseline = plain_insert_select(conn)
+    baselines = [seconds["insert_select"], second_baseline]
+    seconds["insert_select"] = min(baselines)
     seconds["rechunk_copy_phase"] = report.seconds["copy"]
     seconds["rechunk_end_to_end"] = report.seconds["total"]
 
@@ -135,6 +140,7 @@ def test_rechunk_ratio_to_plain_insert_select(
         "batches": report.batches,
         "source_chunks": report.chunks,
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "insert_select_runs_s": [round(b, 2) for b in baselines],
         "rechunk_phases_s": {k: round(v, 2) for k, v in report.seconds.items()},
         "rows_per_s": {k: round(v) for k, v in rows_per_s.items()},
         "ratio_to_insert_select": {k: round(v / baseline, 3) for k, v in rows_per_s.items()},
