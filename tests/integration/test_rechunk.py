@@ -23,7 +23,13 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ingest.committer import GroupCommitter, IngestRequest
 from ingest.store import ValidatedReading
-from retention.rechunk import Options, Rechunker, RechunkRefusedError
+from retention.rechunk import (
+    LockBusyError,
+    Options,
+    Rechunker,
+    RechunkRefusedError,
+    VerificationError,
+)
 from retention.rechunk.commands import PAUSE_MARKER
 from rpmstore.localstack.debian_root import PG_BIN, DebianRoot
 from schema.introspect import describe
@@ -528,3 +534,47 @@ def test_nonsense_is_refused_with_a_reason(conn: psycopg.Connection) -> None:
     with pytest.raises(RechunkRefusedError, match="no re-chunk"):
         rechunker.rollback("rpm", "readings")
     assert scalar(conn, "SELECT count(*) FROM rpm.rechunk_runs") == 0
+
+
+def test_cutover_waits_briefly_for_the_lock_and_gives_up_cleanly(
+    db_url: str, conn: psycopg.Connection
+) -> None:
+    """A transaction holding the live table makes the cutover fail after its short
+    lock_timeout attempts, leaving the run intact; once it ends, the rerun cuts over."""
+    rows = seed(conn, 4_000)
+    options = Options(batch_rows=1_000, lock_timeout_s=0.2, lock_attempts=2)
+    Rechunker(conn, options=Options(batch_rows=1_000, cutover=False)).rechunk(
+        "rpm", "readings", chunk_interval="1 day"
+    )
+    with psycopg.connect(db_url) as holder:
+        holder.execute("LOCK TABLE rpm.readings IN ROW EXCLUSIVE MODE")  # like an ingest batch
+        with pytest.raises(LockBusyError, match="2 attempts"):
+            Rechunker(conn, options=options).rechunk("rpm", "readings", chunk_interval="1 day")
+        holder.rollback()
+    assert scalar(conn, "SELECT count(*) FROM rpm.rechunk_runs WHERE state = 'copying'") == 1
+    assert dimensions(conn) == [("measured_at", "7 days")]
+    report = Rechunker(conn, options=options).rechunk("rpm", "readings", chunk_interval="1 day")
+    assert report.state == "cut_over"
+    assert report.copied_rows == 0  # nothing copied twice: the ledger said it was done
+    assert scalar(conn, "SELECT count(*) FROM rpm.readings") == rows
+
+
+def test_a_damaged_copy_is_never_cut_over(conn: psycopg.Connection) -> None:
+    """Rows lost from the new table behind the ledger's back show in the reconciliation,
+    and the cutover is refused."""
+    seed(conn, 4_000)
+    rechunker = Rechunker(conn, options=Options(batch_rows=1_000, cutover=False))
+    rechunker.rechunk("rpm", "readings", chunk_interval="1 day")
+    conn.execute(
+        "DELETE FROM rpm.readings_rc1 WHERE measured_at < (SELECT min(measured_at) + "
+        "interval '1 hour' FROM rpm.readings_rc1)"
+    )
+    with pytest.raises(VerificationError, match="rows per day differ"):
+        Rechunker(conn).rechunk("rpm", "readings", chunk_interval="1 day")
+    assert dimensions(conn) == [("measured_at", "7 days")]
+    differing = conn.execute(
+        "SELECT old_rows - new_rows FROM rpm.rechunk_reconciliation WHERE difference <> 0"
+    ).fetchall()
+    assert differing and all(d[0] > 0 for d in differing)
+    rechunker.rollback("rpm", "readings")
+    assert scalar(conn, "SELECT count(*) FROM rpm.readings") == 4_000
