@@ -135,7 +135,8 @@ ORDER BY 1, 2, 3;
 -- name: dependents
 -- Objects that reach the table by its oid and would silently keep using the old table after
 -- a rename swap: views and materialized views (continuous aggregates included), functions
--- with SQL-standard bodies, foreign keys pointing at it, and scheduled jobs.
+-- with SQL-standard bodies, other tables' policies that query it, foreign keys pointing at
+-- it, and scheduled jobs.
 SELECT DISTINCT 'view' AS kind, v.oid::regclass::text
 FROM pg_depend d
 JOIN pg_rewrite w ON d.classid = 'pg_rewrite'::regclass AND w.oid = d.objid
@@ -150,6 +151,11 @@ SELECT DISTINCT 'function', d.objid::regprocedure::text
 FROM pg_depend d
 WHERE d.classid = 'pg_proc'::regclass AND d.refclassid = 'pg_class'::regclass
   AND d.refobjid = %(oid)s
+UNION ALL
+SELECT DISTINCT 'policy', format('%%s on %%s', p.polname, p.polrelid::regclass)
+FROM pg_depend d
+JOIN pg_policy p ON d.classid = 'pg_policy'::regclass AND p.oid = d.objid
+WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = %(oid)s AND p.polrelid <> %(oid)s
 UNION ALL
 SELECT 'foreign key', format('%%s on %%s', k.conname, k.conrelid::regclass)
 FROM pg_constraint k

@@ -476,7 +476,13 @@ def test_changes_other_than_inserts_are_refused_during_a_run(conn: psycopg.Conne
 
 def test_dependent_views_are_listed_and_refused(conn: psycopg.Connection) -> None:
     conn.execute("CREATE VIEW rpm.latest AS SELECT max(measured_at) FROM rpm.readings")
-    with pytest.raises(RechunkRefusedError, match=r"view rpm\.latest"):
+    conn.execute(
+        "CREATE POLICY with_readings ON rpm.alerts USING "
+        "(EXISTS (SELECT FROM rpm.readings r WHERE r.patient_id = alerts.patient_id))"
+    )
+    with pytest.raises(
+        RechunkRefusedError, match=r"policy with_readings on rpm\.alerts; view rpm\.latest"
+    ):
         Rechunker(conn).rechunk("rpm", "readings", chunk_interval="1 day")
     assert scalar(conn, "SELECT count(*) FROM rpm.rechunk_runs") == 0
 
