@@ -3,12 +3,12 @@
 One run, every step resumable from the ledger (``rpm.rechunk_*``):
 
 1. *prepare* (one short transaction): a run row; the new table built as a faithful copy from
-   the catalogues under a temporary name; on the live table an AFTER INSERT row trigger that
-   writes every new row into the new table in the same transaction (the dual write: it fires
-   for COPY and for INSERT ... ON CONFLICT alike, only for rows really stored, and TimescaleDB
-   puts it on every chunk, present and future), and guards refusing UPDATE/DELETE/TRUNCATE;
-   the list of source chunks. Rows committed before this point are copied; rows after it are
-   dual-written.
+   the catalogues under a temporary name; on the live table an AFTER INSERT trigger that
+   writes every new row into the new table in the same transaction (the dual write: statement
+   level with a transition table, so one INSERT ... SELECT per ingest statement; it fires for
+   COPY and for INSERT ... ON CONFLICT alike, only for rows really stored), and guards refusing
+   UPDATE/DELETE/TRUNCATE; the list of source chunks. Rows committed before this point are
+   copied; rows after it are dual-written.
 2. *copy*: per source chunk, ranges of heap blocks (TID range scans) inserted with
    ``ON CONFLICT DO NOTHING`` (a dual-written row is simply skipped), each batch committed
    with its ledger row, so a killed run resumes at the next block.
@@ -362,21 +362,23 @@ class Rechunker:
         function_name: str,
         names: ddl.Names,
     ) -> None:
-        columns = table.copy_columns
-        function = _identifier(table.schema, function_name)
-        self._conn.execute(
-            sql.SQL(q("mirror_function")).format(
-                function=function,
-                target=into,
-                columns=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
-                values=sql.SQL(", ").join(sql.Identifier("new", c) for c in columns),
-            )
-        )
-        self._conn.execute(
-            sql.SQL(q("mirror_trigger")).format(
-                trigger=sql.Identifier(names.mirror_trigger), table=on, function=function
-            )
-        )
+        columns = sql.SQL(", ").join(sql.Identifier(c) for c in table.copy_columns)
+        parts = {
+            "function": _identifier(table.schema, function_name),
+            "target": into,
+            "columns": columns,
+            "values": sql.SQL(", ").join(sql.Identifier("new", c) for c in table.copy_columns),
+            "trigger": sql.Identifier(names.mirror_trigger),
+            "table": on,
+        }
+        try:
+            with self._conn.transaction():  # a savepoint, for the fallback
+                self._conn.execute(sql.SQL(q("mirror_function")).format(**parts))
+                self._conn.execute(sql.SQL(q("mirror_trigger")).format(**parts))
+        except psycopg.errors.FeatureNotSupported:
+            log.warning("no transition tables on hypertables here: mirroring row by row")
+            self._conn.execute(sql.SQL(q("mirror_row_function")).format(**parts))
+            self._conn.execute(sql.SQL(q("mirror_row_trigger")).format(**parts))
 
     def _guard(self, on: sql.Identifier, names: ddl.Names, message: str) -> None:
         for block, trigger in (

@@ -216,9 +216,34 @@ SELECT add_dimension(%(table)s::regclass, by_hash(%(column)s, %(partitions)s));
 
 -- name: mirror_function
 -- The dual write: every row the live table stores is stored in the other table by the same
--- transaction. AFTER ROW (not BEFORE): it fires only for rows really inserted, so a staged
--- merge's ON CONFLICT DO NOTHING skips exactly what the live table skipped. ON CONFLICT DO
--- NOTHING here, because the chunk copy may already have carried the row over.
+-- transaction. A statement-level AFTER INSERT trigger with a transition table (TimescaleDB
+-- >= 2.18 on hypertables): one INSERT ... SELECT per ingest statement instead of one per row,
+-- and the transition table holds only the rows really inserted, so a staged merge's
+-- ON CONFLICT DO NOTHING mirrors exactly what the live table kept; COPY fires it too.
+CREATE FUNCTION {function}() RETURNS trigger
+    LANGUAGE plpgsql AS
+$mirror$
+BEGIN
+    BEGIN
+        -- Plain INSERT first (ON CONFLICT's speculative insertion costs more), falling back
+        -- only when the copy had already carried one of these rows over.
+        INSERT INTO {target} ({columns}) SELECT {columns} FROM rechunk_mirrored_rows;
+    EXCEPTION WHEN unique_violation THEN
+        INSERT INTO {target} ({columns}) SELECT {columns} FROM rechunk_mirrored_rows
+        ON CONFLICT DO NOTHING;
+    END;
+    RETURN NULL;
+END
+$mirror$;
+
+-- name: mirror_trigger
+CREATE TRIGGER {trigger} AFTER INSERT ON {table}
+    REFERENCING NEW TABLE AS rechunk_mirrored_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION {function}();
+
+-- name: mirror_row_function
+-- Fallback for TimescaleDB before 2.18 (no transition tables on hypertables): the same, per
+-- row. AFTER (not BEFORE) ROW: it fires only for rows really inserted.
 CREATE FUNCTION {function}() RETURNS trigger
     LANGUAGE plpgsql AS
 $mirror$
@@ -228,7 +253,7 @@ BEGIN
 END
 $mirror$;
 
--- name: mirror_trigger
+-- name: mirror_row_trigger
 CREATE TRIGGER {trigger} AFTER INSERT ON {table}
     FOR EACH ROW EXECUTE FUNCTION {function}();
 
