@@ -7,7 +7,8 @@ catalogues say at the time of the run, so objects other migrations add later com
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -156,17 +157,38 @@ class SourceChunk:
     predicate: str
 
 
-def read_definition(conn: psycopg.Connection, schema: str, name: str) -> TableDefinition:
-    """The whole definition of hypertable ``schema.name`` (inside the caller's transaction)."""
+@contextmanager
+def _qualified_names(conn: psycopg.Connection) -> Iterator[None]:
+    """Deparsed names (pg_get_indexdef, pg_get_triggerdef, pg_get_expr, pg_get_viewdef) are
+    schema-qualified only when not visible; with pg_catalog alone on the search path they
+    always are. Inside the caller's transaction."""
     row = conn.execute(q("search_path"), {}).fetchone()
     assert row is not None
-    # Deparsed names (pg_get_indexdef, pg_get_triggerdef, pg_get_expr) are schema-qualified
-    # only when not visible; with pg_catalog alone on the search path they always are.
     conn.execute(q("set_search_path"), {"search_path": "pg_catalog"})
     try:
-        return _read_definition(conn, schema, name)
+        yield
     finally:
         conn.execute(q("set_search_path"), {"search_path": row[0]})
+
+
+def read_definition(conn: psycopg.Connection, schema: str, name: str) -> TableDefinition:
+    """The whole definition of hypertable ``schema.name`` (inside the caller's transaction)."""
+    with _qualified_names(conn):
+        return _read_definition(conn, schema, name)
+
+
+@dataclass(frozen=True)
+class View:
+    name: str  # schema-qualified, as the catalogue prints it
+    definition: str
+    options: tuple[str, ...]
+
+
+def dependent_views(conn: psycopg.Connection, table: TableDefinition) -> list[View]:
+    """Plain views selecting from the table, to be re-pointed by a swap."""
+    with _qualified_names(conn):
+        rows = conn.execute(q("dependent_views"), {"oid": table.oid}).fetchall()
+    return [View(r[0], r[1].strip().rstrip(";"), tuple(r[2] or ())) for r in rows]
 
 
 def _read_definition(conn: psycopg.Connection, schema: str, name: str) -> TableDefinition:

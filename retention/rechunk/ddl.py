@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from retention.rechunk.catalog import Column, Index, Policy, TableDefinition
+from retention.rechunk.catalog import Column, Index, Policy, TableDefinition, View
 from retention.rechunk.errors import RechunkRefusedError
 
 _MAX_IDENTIFIER = 63
@@ -278,6 +278,23 @@ def own_sequences(table: TableDefinition, live: sql.Identifier) -> list[Statemen
         )
         for sequence, column in table.owned_sequences
     ]
+
+
+def replace_views(views: list[View]) -> list[Statement]:
+    """The same views again, now resolving the table's name to the table that carries it."""
+    statements: list[Statement] = []
+    for view in views:
+        options = (
+            sql.SQL(" WITH ({})").format(sql.SQL(", ").join(sql.SQL(o) for o in view.options))
+            if view.options
+            else sql.SQL("")
+        )
+        statements.append(
+            sql.SQL("CREATE OR REPLACE VIEW {}{} AS {}").format(
+                sql.SQL(view.name), options, sql.SQL(view.definition)
+            )
+        )
+    return statements
 
 
 def drop_user_triggers(table: TableDefinition, on: sql.Identifier) -> list[Statement]:

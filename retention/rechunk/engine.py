@@ -42,6 +42,7 @@ from retention.rechunk.catalog import (
     Dimension,
     TableDefinition,
     check_partitioning,
+    dependent_views,
     q,
     read_definition,
     refuse_dependents,
@@ -652,6 +653,7 @@ class Rechunker:
             # Read again under the lock: what the new table must look like when it goes live.
             table = read_definition(conn, schema, name)
             refuse_dependents(conn, table)
+            views = dependent_views(conn, table)
             self._drop_triggers(live, names)
             conn.execute(
                 sql.SQL("DROP FUNCTION {}()").format(_identifier(schema, names.to_new_function))
@@ -663,6 +665,8 @@ class Rechunker:
             for statement in ddl.own_sequences(table, live):
                 conn.execute(statement)
             for statement in ddl.at_cutover(table, live, security=True):
+                conn.execute(statement)
+            for statement in ddl.replace_views(views):
                 conn.execute(statement)
             retired = _identifier(schema, retired_name)
             for statement in ddl.drop_user_triggers(table, retired):
@@ -701,6 +705,7 @@ class Rechunker:
             self._lock(live, _identifier(schema, retired_name))
             table = read_definition(conn, schema, name)
             refuse_dependents(conn, table)
+            views = dependent_views(conn, table)
             self._drop_triggers(live, names)
             conn.execute(
                 sql.SQL("DROP FUNCTION {}()").format(_identifier(schema, names.to_old_function))
@@ -714,6 +719,8 @@ class Rechunker:
                 conn.execute(statement)
             for statement in ddl.at_cutover(table, live, security=False):
                 conn.execute(statement)  # the user triggers, back on the old table
+            for statement in ddl.replace_views(views):
+                conn.execute(statement)
             # Every row the new table received after the cutover was mirrored into the old one.
             conn.execute(sql.SQL("DROP TABLE {}").format(_identifier(schema, shadow_name)))
             conn.execute(q("set_run_state"), {"run_id": run.run_id, "state": "rolled_back"})

@@ -134,14 +134,20 @@ ORDER BY 1, 2, 3;
 
 -- name: dependents
 -- Objects that reach the table by its oid and would silently keep using the old table after
--- a rename swap: views and materialized views (continuous aggregates included), functions
--- with SQL-standard bodies, other tables' policies that query it, foreign keys pointing at
--- it, and scheduled jobs.
-SELECT DISTINCT 'view' AS kind, v.oid::regclass::text
+-- a rename swap, and that the swap cannot carry over: materialized views and continuous
+-- aggregates (and TimescaleDB's internal views behind them), functions with SQL-standard
+-- bodies, other tables' policies that query it, foreign keys pointing at it, and scheduled
+-- jobs. Plain views are not listed: the cutover re-points them (dependent_views).
+SELECT DISTINCT CASE v.relkind WHEN 'm' THEN 'materialized view' ELSE 'view' END AS kind,
+       v.oid::regclass::text
 FROM pg_depend d
 JOIN pg_rewrite w ON d.classid = 'pg_rewrite'::regclass AND w.oid = d.objid
 JOIN pg_class v ON v.oid = w.ev_class
+JOIN pg_namespace vn ON vn.oid = v.relnamespace
 WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = %(oid)s AND v.oid <> %(oid)s
+  AND (v.relkind <> 'v' OR vn.nspname LIKE '\_timescaledb%%'
+       OR EXISTS (SELECT FROM _timescaledb_catalog.continuous_agg ca
+                  WHERE ca.user_view_schema = vn.nspname AND ca.user_view_name = v.relname))
 UNION ALL
 SELECT 'continuous aggregate', format('%%I.%%I', ca.user_view_schema, ca.user_view_name)
 FROM _timescaledb_catalog.continuous_agg ca
@@ -165,6 +171,21 @@ SELECT 'job', format('job %%s (%%s)', j.id, j.proc_name)
 FROM _timescaledb_config.bgw_job j
 WHERE j.hypertable_id = %(hypertable_id)s
 ORDER BY 1, 2;
+
+-- name: dependent_views
+-- Plain views that select from the table: after the renames, CREATE OR REPLACE VIEW with the
+-- same (schema-qualified) definition and options makes them read the table now carrying the
+-- live name; grants, owner, comments and views built on them are kept (same oid).
+SELECT DISTINCT v.oid::regclass::text, pg_get_viewdef(v.oid), v.reloptions
+FROM pg_depend d
+JOIN pg_rewrite w ON d.classid = 'pg_rewrite'::regclass AND w.oid = d.objid
+JOIN pg_class v ON v.oid = w.ev_class
+JOIN pg_namespace vn ON vn.oid = v.relnamespace
+WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = %(oid)s AND v.oid <> %(oid)s
+  AND v.relkind = 'v' AND vn.nspname NOT LIKE '\_timescaledb%%'
+  AND NOT EXISTS (SELECT FROM _timescaledb_catalog.continuous_agg ca
+                  WHERE ca.user_view_schema = vn.nspname AND ca.user_view_name = v.relname)
+ORDER BY 1;
 
 -- name: chunks
 -- Each chunk with the expression of its dimension constraints: exactly the rows it may hold,

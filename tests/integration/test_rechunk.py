@@ -474,17 +474,53 @@ def test_changes_other_than_inserts_are_refused_during_a_run(conn: psycopg.Conne
     assert scalar(conn, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'rechunk%%'") == 0
 
 
-def test_dependent_views_are_listed_and_refused(conn: psycopg.Connection) -> None:
-    conn.execute("CREATE VIEW rpm.latest AS SELECT max(measured_at) FROM rpm.readings")
+def test_views_follow_the_new_table_and_other_dependents_are_refused(
+    conn: psycopg.Connection,
+) -> None:
+    """A plain view is re-pointed at cutover (it would otherwise keep reading the old table);
+    what a swap cannot carry over is listed and refused."""
+    seed(conn, 2_000)
+    conn.execute(
+        "CREATE VIEW rpm.readings_per_metric WITH (security_barrier) AS "
+        "SELECT metric_id, count(*) AS n FROM rpm.readings GROUP BY metric_id"
+    )
+    conn.execute("CREATE MATERIALIZED VIEW rpm.latest AS SELECT max(measured_at) FROM rpm.readings")
     conn.execute(
         "CREATE POLICY with_readings ON rpm.alerts USING "
         "(EXISTS (SELECT FROM rpm.readings r WHERE r.patient_id = alerts.patient_id))"
     )
+    rechunker = Rechunker(conn, options=Options(batch_rows=1_000))
     with pytest.raises(
-        RechunkRefusedError, match=r"policy with_readings on rpm\.alerts; view rpm\.latest"
+        RechunkRefusedError,
+        match=r"materialized view rpm\.latest; policy with_readings on rpm\.alerts",
     ):
-        Rechunker(conn).rechunk("rpm", "readings", chunk_interval="1 day")
+        rechunker.rechunk("rpm", "readings", chunk_interval="1 day")
     assert scalar(conn, "SELECT count(*) FROM rpm.rechunk_runs") == 0
+
+    conn.execute("DROP MATERIALIZED VIEW rpm.latest")
+    conn.execute("DROP POLICY with_readings ON rpm.alerts")
+    views_before = conn.execute(
+        "SELECT viewname, definition FROM pg_views WHERE schemaname = 'rpm' ORDER BY 1"
+    ).fetchall()
+    rechunker.rechunk("rpm", "readings", chunk_interval="1 day")
+    conn.execute(
+        "INSERT INTO rpm.readings (measured_at, received_at, value, batch_id, device_id, "
+        "patient_id, metric_id) VALUES (now(), now(), 1, 0, gen_random_uuid(), "
+        "gen_random_uuid(), 9)"
+    )
+    # The view reads the new table; finalize could not drop the old one if it did not.
+    rechunker.finalize("rpm", "readings")
+    assert scalar(conn, "SELECT n FROM rpm.readings_per_metric WHERE metric_id = 9") == 1
+    assert (
+        conn.execute(
+            "SELECT viewname, definition FROM pg_views WHERE schemaname = 'rpm' ORDER BY 1"
+        ).fetchall()
+        == views_before
+    )
+    options = conn.execute(
+        "SELECT reloptions FROM pg_class WHERE oid = 'rpm.readings_per_metric'::regclass"
+    ).fetchone()
+    assert options == (["security_barrier=true"],)
 
 
 def test_repartition_by_hash_of_device(
