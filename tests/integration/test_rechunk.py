@@ -620,3 +620,55 @@ def test_a_damaged_copy_is_never_cut_over(conn: psycopg.Connection) -> None:
     assert differing and all(d[0] > 0 for d in differing)
     rechunker.rollback("rpm", "readings")
     assert scalar(conn, "SELECT count(*) FROM rpm.readings") == 4_000
+
+
+def test_generic_over_hypertables_with_key_constraints(conn: psycopg.Connection) -> None:
+    """Another hypertable, in another schema: a primary key and a unique constraint (indexes
+    behind constraints, swapped by constraint name), and a view over it re-pointed."""
+    conn.execute(
+        """
+        CREATE SCHEMA lab;
+        CREATE TABLE lab.samples (
+            taken_at timestamptz NOT NULL,
+            sample_no bigint NOT NULL,
+            patient_id uuid NOT NULL,
+            result numeric(8, 2),
+            CONSTRAINT samples_pkey PRIMARY KEY (patient_id, taken_at),
+            CONSTRAINT samples_once UNIQUE (sample_no, taken_at)
+        );
+        SELECT create_hypertable('lab.samples', by_range('taken_at', interval '30 days'));
+        CREATE VIEW lab.sample_counts AS SELECT patient_id, count(*) FROM lab.samples GROUP BY 1;
+        """
+    )
+    conn.execute(
+        """
+        INSERT INTO lab.samples
+        SELECT %(start)s + i * interval '20 minutes', i, md5('p' || i %% 7)::uuid, i / 10.0
+        FROM generate_series(0, 1999) i
+        """,
+        {"start": SEED_START},
+    )
+    schemas = {"schemas": ["lab"]}
+    tables_before = conn.execute(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = ANY(%(schemas)s) ORDER BY 1",
+        schemas,
+    ).fetchall()
+    rechunker = Rechunker(conn, options=Options(batch_rows=500))
+    report = rechunker.rechunk("lab", "samples", chunk_interval="1 day")
+    assert report.state == "cut_over"
+    rechunker.finalize("lab", "samples")
+    assert (
+        conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = ANY(%(schemas)s) "
+            "ORDER BY 1",
+            schemas,
+        ).fetchall()
+        == tables_before
+    )
+    constraints = conn.execute(
+        "SELECT conname FROM pg_constraint WHERE conrelid = 'lab.samples'::regclass ORDER BY 1"
+    ).fetchall()
+    assert constraints == [("samples_once",), ("samples_pkey",)]
+    assert scalar(conn, "SELECT sum(count) FROM lab.sample_counts") == 2_000
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute("INSERT INTO lab.samples SELECT * FROM lab.samples LIMIT 1")
