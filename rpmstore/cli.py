@@ -13,6 +13,7 @@ import psycopg
 from api.auth import InsecureAuthConfigError
 from ingest.alerting import cli as alerts_cli
 from retention.commands import add_commands as add_retention_commands
+from retention.rechunk.commands import add_commands as add_rechunk_commands
 from rpmstore.clinician_demo import TokenSigner
 from rpmstore.localstack import stack
 from rpmstore.localstack.errors import StackNotRunningError, StackUnavailableError
@@ -423,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_rollup_commands(commands, database_url=_database_url)
     alerts_cli.add_commands(commands, database_url=_database_url)
     add_retention_commands(commands, _database_url)
+    add_rechunk_commands(commands, database_url=_database_url)
     return parser
 
 
