@@ -43,28 +43,35 @@ CREATE TEMP TABLE IF NOT EXISTS alert_window (
     auto_resolve  boolean NOT NULL,
     measured_at   timestamptz NOT NULL,
     value         double precision NOT NULL,
-    in_window     boolean NOT NULL,  -- false: a neighbour just outside the touched range
+    in_window     boolean NOT NULL,  -- false: a neighbour outside the touched range
     breach        boolean NOT NULL,
     qualifies     boolean NOT NULL,
     run           bigint NOT NULL,  -- readings of one breach run share it (per patient, rule)
-    run_start     timestamptz  -- first breaching reading of the run (as far as the window sees)
+    run_start     timestamptz,  -- first breaching reading of the run (as far as the window sees)
+    run_end       timestamptz,  -- newest qualifying reading of the run
+    rule_end      timestamptz  -- newest qualifying reading of the (patient, rule) window
 ) ON COMMIT DELETE ROWS;
 
 -- name: fill_window
--- Per touched (patient, metric) and enabled above/below rule: the readings from sustained_for
--- before the touched range to sustained_for after it (a late reading can complete or start a
--- run that later readings belong to), plus the nearest reading on each side, which tells
--- whether a run reaches past the window. Runs are numbered by counting in-range readings.
+-- Per touched (patient, metric) and enabled above/below rule that the new readings can matter
+-- to (one of them breaches, or an alert is active): the readings from the touched range to
+-- sustained_for after it (a late reading can complete a run that later readings belong to),
+-- the nearest reading after that, and two neighbours before the range that tell where the
+-- breach run at its start began: the newest in-range reading of the sustained_for before it
+-- (else the newest reading before that), and the first reading after that one. Runs are
+-- numbered by counting in-range readings. $5/$6: lowest/highest new value (NULL: unknown).
 WITH touched AS (
-    SELECT patient_id, metric_id, min(range_start) AS range_start, max(range_end) AS range_end
-    FROM unnest($1::uuid[], $2::smallint[], $3::timestamptz[], $4::timestamptz[])
-        AS t(patient_id, metric_id, range_start, range_end)
+    SELECT patient_id, metric_id, min(range_start) AS range_start, max(range_end) AS range_end,
+           CASE WHEN bool_and(low IS NOT NULL) THEN min(low) END AS low,
+           CASE WHEN bool_and(high IS NOT NULL) THEN max(high) END AS high
+    FROM unnest($1::uuid[], $2::smallint[], $3::timestamptz[], $4::timestamptz[],
+                $5::float8[], $6::float8[])
+        AS t(patient_id, metric_id, range_start, range_end, low, high)
     GROUP BY patient_id, metric_id
 ), rules AS (
-    SELECT t.patient_id, t.metric_id, r.rule_id, r.kind, r.auto_resolve,
+    SELECT t.patient_id, t.metric_id, t.range_start, t.range_end, r.rule_id, r.kind,
+           r.auto_resolve,
            coalesce(o.threshold, r.threshold) AS threshold,
-           t.range_start - coalesce(o.sustained_for, r.sustained_for) AS window_start,
-           t.range_end + coalesce(o.sustained_for, r.sustained_for) AS window_end,
            coalesce(o.sustained_for, r.sustained_for) AS sustained_for
     FROM touched t
     JOIN rpm.alert_rules r
@@ -72,27 +79,53 @@ WITH touched AS (
     LEFT JOIN rpm.alert_rule_overrides o
       ON o.rule_id = r.rule_id AND o.patient_id = t.patient_id
     WHERE coalesce(o.enabled, r.enabled)
-), seen AS (
-    SELECT ru.*, x.measured_at, x.value, x.in_window,
-           rpm.alert_breaches(ru.kind, ru.threshold, x.value) AS breach
+      AND (t.low IS NULL
+           OR rpm.alert_breaches(r.kind, coalesce(o.threshold, r.threshold),
+                                 CASE r.kind WHEN 'above' THEN t.high ELSE t.low END)
+           OR EXISTS (SELECT 1 FROM rpm.alerts a
+                      WHERE a.patient_id = t.patient_id AND a.rule_id = r.rule_id
+                        AND a.status <> 'resolved'))
+), anchored AS (
+    SELECT ru.*,
+           coalesce(
+               (SELECT r.measured_at FROM rpm.readings r
+                WHERE r.patient_id = ru.patient_id AND r.metric_id = ru.metric_id
+                  AND r.measured_at >= ru.range_start - ru.sustained_for
+                  AND r.measured_at < ru.range_start
+                  AND NOT rpm.alert_breaches(ru.kind, ru.threshold, r.value)
+                ORDER BY r.measured_at DESC LIMIT 1),
+               (SELECT r.measured_at FROM rpm.readings r
+                WHERE r.patient_id = ru.patient_id AND r.metric_id = ru.metric_id
+                  AND r.measured_at < ru.range_start - ru.sustained_for
+                ORDER BY r.measured_at DESC LIMIT 1),
+               '-infinity') AS anchor
     FROM rules ru
+), seen AS (
+    SELECT an.*, x.measured_at, x.value, x.in_window,
+           rpm.alert_breaches(an.kind, an.threshold, x.value) AS breach
+    FROM anchored an
     CROSS JOIN LATERAL (
         SELECT r.measured_at, r.value, true AS in_window
         FROM rpm.readings r
-        WHERE r.patient_id = ru.patient_id AND r.metric_id = ru.metric_id
-          AND r.measured_at BETWEEN ru.window_start AND ru.window_end
+        WHERE r.patient_id = an.patient_id AND r.metric_id = an.metric_id
+          AND r.measured_at BETWEEN an.range_start AND an.range_end + an.sustained_for
+        UNION ALL
+        SELECT r.measured_at, r.value, false
+        FROM rpm.readings r
+        WHERE r.patient_id = an.patient_id AND r.metric_id = an.metric_id
+          AND r.measured_at = an.anchor
         UNION ALL
         (SELECT r.measured_at, r.value, false
          FROM rpm.readings r
-         WHERE r.patient_id = ru.patient_id AND r.metric_id = ru.metric_id
-           AND r.measured_at < ru.window_start
-         ORDER BY r.measured_at DESC
+         WHERE r.patient_id = an.patient_id AND r.metric_id = an.metric_id
+           AND r.measured_at > an.anchor AND r.measured_at < an.range_start
+         ORDER BY r.measured_at
          LIMIT 1)
         UNION ALL
         (SELECT r.measured_at, r.value, false
          FROM rpm.readings r
-         WHERE r.patient_id = ru.patient_id AND r.metric_id = ru.metric_id
-           AND r.measured_at > ru.window_end
+         WHERE r.patient_id = an.patient_id AND r.metric_id = an.metric_id
+           AND r.measured_at > an.range_end + an.sustained_for
          ORDER BY r.measured_at
          LIMIT 1)
     ) x
@@ -108,17 +141,24 @@ WITH touched AS (
     SELECT *, min(measured_at) FILTER (WHERE breach) OVER (PARTITION BY patient_id, rule_id, run)
                   AS run_start
     FROM numbered
+), qualified AS (
+    SELECT *, breach AND run_start <= measured_at - sustained_for AS qualifies
+    FROM runs
 )
 INSERT INTO alert_window (patient_id, rule_id, metric_id, kind, threshold, auto_resolve,
-                          measured_at, value, in_window, breach, qualifies, run, run_start)
+                          measured_at, value, in_window, breach, qualifies, run, run_start,
+                          run_end, rule_end)
 SELECT patient_id, rule_id, metric_id, kind, threshold, auto_resolve, measured_at, value,
-       in_window, breach, breach AND run_start <= measured_at - sustained_for, run, run_start
-FROM runs;
+       in_window, breach, qualifies, run, run_start,
+       max(measured_at) FILTER (WHERE qualifies) OVER (PARTITION BY patient_id, rule_id, run),
+       max(measured_at) FILTER (WHERE qualifies) OVER (PARTITION BY patient_id, rule_id)
+FROM qualified;
 
 -- name: extend_active_alerts
 -- Active alerts absorb the qualifying readings of their own run (no in-range reading between
 -- the reading and the alert's span); alerts without auto-resolve absorb every qualifying
--- reading that no resolved alert covers. Counts and extremes are recomputed over the span.
+-- reading that no resolved alert covers. Counts and extremes grow by the breaching readings
+-- of the newly covered time; a late reading inside the span makes them recounted over it.
 WITH rules AS (
     SELECT DISTINCT patient_id, rule_id, metric_id, kind, threshold, auto_resolve
     FROM alert_window
@@ -139,8 +179,10 @@ WITH rules AS (
       ON a.patient_id = ru.patient_id AND a.rule_id = ru.rule_id AND a.status <> 'resolved'
 ), absorbed AS (
     SELECT act.alert_id, act.patient_id, act.metric_id, act.kind, act.threshold,
+           act.first_breach_at AS old_first, act.last_breach_at AS old_last,
            least(act.first_breach_at, min(w.run_start)) AS first_breach_at,
-           greatest(act.last_breach_at, max(w.measured_at)) AS last_breach_at
+           greatest(act.last_breach_at, max(w.measured_at)) AS last_breach_at,
+           bool_or(w.measured_at BETWEEN act.first_breach_at AND act.last_breach_at) AS inside
     FROM active act
     JOIN alert_window w
       ON w.patient_id = act.patient_id AND w.rule_id = act.rule_id
@@ -156,28 +198,45 @@ WITH rules AS (
           END
     GROUP BY act.alert_id, act.patient_id, act.metric_id, act.kind, act.threshold,
              act.first_breach_at, act.last_breach_at
+), counted AS (
+    -- Breaching readings of the time newly covered (all of the span after a late reading
+    -- inside it): evaluating the same readings again adds nothing.
+    SELECT ab.*, s.breaches, s.peak, s.newest_value
+    FROM absorbed ab
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS breaches,
+               CASE ab.kind WHEN 'above' THEN max(r.value) ELSE min(r.value) END AS peak,
+               (array_agg(r.value ORDER BY r.measured_at DESC))[1] AS newest_value
+        FROM rpm.readings r
+        WHERE r.patient_id = ab.patient_id AND r.metric_id = ab.metric_id
+          AND r.measured_at BETWEEN ab.first_breach_at AND ab.last_breach_at
+          AND (ab.inside OR r.measured_at < ab.old_first OR r.measured_at > ab.old_last)
+          AND rpm.alert_breaches(ab.kind, ab.threshold, r.value)
+    ) s
+    WHERE ab.inside OR ab.first_breach_at < ab.old_first OR ab.last_breach_at > ab.old_last
 )
 UPDATE rpm.alerts a
-SET first_breach_at = ab.first_breach_at,
-    last_breach_at = ab.last_breach_at,
-    breach_count = greatest(s.breaches, 1),
-    peak_value = s.peak,
-    last_value = s.last_value
-FROM absorbed ab
-CROSS JOIN LATERAL (
-    SELECT count(*) AS breaches,
-           CASE ab.kind WHEN 'above' THEN max(r.value) ELSE min(r.value) END AS peak,
-           (array_agg(r.value ORDER BY r.measured_at DESC))[1] AS last_value
-    FROM rpm.readings r
-    WHERE r.patient_id = ab.patient_id AND r.metric_id = ab.metric_id
-      AND r.measured_at BETWEEN ab.first_breach_at AND ab.last_breach_at
-      AND rpm.alert_breaches(ab.kind, ab.threshold, r.value)
-) s
-WHERE a.alert_id = ab.alert_id AND a.status <> 'resolved'
+SET first_breach_at = c.first_breach_at,
+    last_breach_at = c.last_breach_at,
+    breach_count = CASE WHEN c.inside THEN greatest(c.breaches, 1)
+                        ELSE a.breach_count + c.breaches END,
+    peak_value = CASE WHEN c.inside OR a.peak_value IS NULL THEN c.peak
+                      WHEN c.kind = 'above' THEN greatest(a.peak_value, c.peak)
+                      ELSE least(a.peak_value, c.peak) END,
+    last_value = CASE WHEN c.last_breach_at > c.old_last OR c.inside THEN c.newest_value
+                      ELSE a.last_value END
+FROM counted c
+WHERE a.alert_id = c.alert_id AND a.status <> 'resolved'
   -- Only real changes: evaluating the same readings again writes nothing.
   AND (a.first_breach_at, a.last_breach_at, a.breach_count, a.peak_value, a.last_value)
       IS DISTINCT FROM
-      (ab.first_breach_at, ab.last_breach_at, greatest(s.breaches, 1), s.peak, s.last_value)
+      (c.first_breach_at, c.last_breach_at,
+       CASE WHEN c.inside THEN greatest(c.breaches, 1) ELSE a.breach_count + c.breaches END,
+       CASE WHEN c.inside OR a.peak_value IS NULL THEN c.peak
+            WHEN c.kind = 'above' THEN greatest(a.peak_value, c.peak)
+            ELSE least(a.peak_value, c.peak) END,
+       CASE WHEN c.last_breach_at > c.old_last OR c.inside THEN c.newest_value
+            ELSE a.last_value END)
 RETURNING a.alert_id;
 
 -- name: resolve_back_in_range
@@ -231,19 +290,14 @@ WITH uncovered AS (
           WHERE a.patient_id = w.patient_id AND a.rule_id = w.rule_id
             AND a.status <> 'resolved' AND NOT w.auto_resolve)
 ), episodes AS (
+    -- The run's newest qualifying reading may lie just past the window.
     SELECT patient_id, rule_id, metric_id, kind, threshold, auto_resolve,
            CASE WHEN auto_resolve THEN run END AS run,
-           min(run_start) AS first_breach_at
+           min(run_start) AS first_breach_at,
+           max(CASE WHEN auto_resolve THEN run_end ELSE rule_end END) AS last_breach_at
     FROM uncovered
     GROUP BY patient_id, rule_id, metric_id, kind, threshold, auto_resolve,
              CASE WHEN auto_resolve THEN run END
-), spans AS (
-    -- The run's newest breaching reading, including one just past the window.
-    SELECT e.*,
-           (SELECT max(w.measured_at) FROM alert_window w
-            WHERE w.patient_id = e.patient_id AND w.rule_id = e.rule_id AND w.breach
-              AND (NOT e.auto_resolve OR w.run = e.run)) AS last_breach_at
-    FROM episodes e
 ), classified AS (
     SELECT sp.*,
            sp.auto_resolve AND EXISTS (
@@ -251,7 +305,7 @@ WITH uncovered AS (
                WHERE r.patient_id = sp.patient_id AND r.metric_id = sp.metric_id
                  AND r.measured_at > sp.last_breach_at
                  AND NOT rpm.alert_breaches(sp.kind, sp.threshold, r.value)) AS over
-    FROM spans sp
+    FROM episodes sp
 ), inserted AS (
     INSERT INTO rpm.alerts (rule_id, patient_id, status, severity, rule_snapshot,
                             first_breach_at, last_breach_at, last_value, peak_value,

@@ -551,6 +551,8 @@ def test_alerts_sweep_command(
     )
     monkeypatch.setenv("DATABASE_URL", db_url)
     monkeypatch.setenv("MQTT_URL", "mqtt://unused@127.0.0.1:1")
+    # No local stack state of any other instance is read.
+    monkeypatch.setenv("RPMSTORE_INSTANCE", f"test-{uuid.uuid4().hex[:8]}")
     assert main(["alerts", "sweep"]) == 0
     assert "missing-data alerts opened 2" in capsys.readouterr().out
     assert len(alerts(conn, patient)) == 2
