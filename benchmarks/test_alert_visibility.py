@@ -7,7 +7,8 @@
    the engine has evaluated everything (the alerts are then current). Ratios: on ÷ off.
    The readings are heart rates of 100 patients, one a second each, with a run above 130 /min
    for 12 minutes in every patient's hour (so the default rule opens, extends and resolves
-   alerts throughout).
+   alerts throughout); then once more with every reading above 130 /min (the worst case: every
+   batch extends an open alert of every patient it touches).
 2. Visibility: a critical reading (systolic 200 mm[Hg], the seeded "above 180" rule) is
    submitted for a fresh patient; the delay is from the moment its submit returned (the batch
    had committed) until another connection, as the API would, sees the alert. Measured idle,
@@ -50,7 +51,7 @@ T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
 HEART_RATE, SYSTOLIC = 1, 5
 
 
-def heart_rates(patients: list[uuid.UUID]) -> list[ValidatedReading]:
+def heart_rates(patients: list[uuid.UUID], *, always_high: bool = False) -> list[ValidatedReading]:
     per_patient = ROWS // len(patients)
     received = datetime.now(UTC)
     out = []
@@ -58,7 +59,7 @@ def heart_rates(patients: list[uuid.UUID]) -> list[ValidatedReading]:
         device = uuid.uuid5(uuid.NAMESPACE_OID, str(patient))
         for s in range(per_patient):
             # 12 minutes above 130 /min in every hour, offset per patient.
-            high = (s + n * 60) % 3600 < 720
+            high = always_high or (s + n * 60) % 3600 < 720
             value = 140.0 + s % 7 if high else 70.0 + (s * 7 + n) % 30
             out.append(
                 ValidatedReading(
@@ -233,6 +234,12 @@ def test_alert_visibility_and_engine_cost(
             alerts_opened = count(url, "SELECT count(*) FROM rpm.alerts")
             assert alerts_opened > 0
 
+    # Worst case: every reading breaches, so every batch extends an open alert of every patient.
+    url = clone()
+    worst = requests(heart_rates(patients, always_high=True))
+    worst_case = asyncio.run(throughput(url, worst, engine=True))
+    assert count(url, "SELECT count(*) FROM rpm.alerts") == PATIENTS
+
     url = clone()
     idle = asyncio.run(visibility(url, trial_patients[:TRIALS], []))
     loaded = asyncio.run(visibility(url, trial_patients[TRIALS:], requests(heart_rates(patients))))
@@ -252,6 +259,12 @@ def test_alert_visibility_and_engine_cost(
         "ratio_on_to_off": {
             "acked": round(rate("on", 0) / rate("off", 0), 3),
             "drained": round(rate("on", 1) / rate("off", 0), 3),
+            "every_reading_breaching_acked": round(
+                len(readings) / worst_case[0] / rate("off", 0), 3
+            ),
+            "every_reading_breaching_drained": round(
+                len(readings) / worst_case[1] / rate("off", 0), 3
+            ),
         },
         "visibility_after_commit": {
             "trials": TRIALS,

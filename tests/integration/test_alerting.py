@@ -629,3 +629,53 @@ def test_post_readings_through_the_api_creates_the_alert(
     assert alert["rule_id"] == SPO2_BELOW_90_FOR_5_MIN
     assert (alert["status"], alert["breach_count"], alert["peak_value"]) == ("open", 6, 87.0)
     assert alert["first_breach_at"] == now - timedelta(minutes=6)
+
+
+class _FailingEvaluator(AlertEvaluator):
+    """Our own evaluator made to fail (the database stays real): a defect in evaluation."""
+
+    async def evaluate(
+        self,
+        conn: asyncpg.Connection,
+        touched: Any,  # noqa: ARG002 - the signature of the method it replaces
+    ) -> EvaluationResult:
+        await conn.execute("SELECT 1/0")
+        raise AssertionError("unreachable")
+
+
+def test_failing_evaluation_neither_fails_the_ack_nor_loses_the_evaluation(
+    conn: psycopg.Connection, db_url: str
+) -> None:
+    patient = new_patient(conn)
+    batch = readings(patient, [(0, 80.0)], metric_id=SPO2)
+
+    async def run() -> int:
+        async with (
+            asyncpg.create_pool(db_url, min_size=1, max_size=3) as pool,
+            asyncpg.create_pool(db_url, min_size=1, max_size=1) as alert_pool,
+        ):
+            worker = AlertWorker(
+                alert_pool, evaluator=_FailingEvaluator(), max_attempts=2, max_backoff_s=0.01
+            )
+            await worker.start()
+            committer = GroupCommitter(pool, source="http", post_commit=worker.on_commit)
+            await committer.start()
+            try:
+                outcome = await committer.submit(
+                    IngestRequest(batch, [0], (), b"{}", received_at=time.time())
+                )
+                await worker.drain()
+            finally:
+                await committer.stop()
+                await worker.stop()
+            return outcome.stored
+
+    assert asyncio.run(run()) == 1
+    assert alerts(conn, patient) == []
+    parked = conn.execute(
+        "SELECT patient_id, metric_id, range_start, last_error FROM rpm.alert_pending_evaluations"
+    ).fetchall()
+    assert [(p, m, s) for p, m, s, _ in parked] == [(patient, SPO2, at(0))]
+    assert "DivisionByZero" in parked[0][3]
+    _sweep(db_url, at(1))
+    assert [a["rule_id"] for a in alerts(conn, patient)] == [SPO2_BELOW_85]
