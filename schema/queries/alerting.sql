@@ -155,9 +155,9 @@ SELECT patient_id, rule_id, metric_id, kind, threshold, auto_resolve, measured_a
 FROM qualified;
 
 -- name: extend_active_alerts
--- Active alerts absorb the qualifying readings of their own run (no in-range reading between
--- the reading and the alert's span); alerts without auto-resolve absorb every qualifying
--- reading that no resolved alert covers. Counts and extremes grow by the breaching readings
+-- Active alerts, and alerts the engine auto-resolved, absorb the qualifying readings of their
+-- own run (no in-range reading between the reading and the alert's span); active alerts
+-- without auto-resolve absorb every qualifying reading that no resolved alert covers. Counts and extremes grow by the breaching readings
 -- of the newly covered time; a late reading inside the span makes them recounted over it.
 WITH rules AS (
     SELECT DISTINCT patient_id, rule_id, metric_id, kind, threshold, auto_resolve
@@ -175,29 +175,37 @@ WITH rules AS (
               AND NOT rpm.alert_breaches(ru.kind, ru.threshold, r.value)
             ORDER BY r.measured_at DESC LIMIT 1) AS in_range_before
     FROM rules ru
+    -- Alerts the engine resolved are history it still completes: a late breaching reading of
+    -- their run extends them. What a person resolved stays as they closed it.
     JOIN rpm.alerts a
-      ON a.patient_id = ru.patient_id AND a.rule_id = ru.rule_id AND a.status <> 'resolved'
+      ON a.patient_id = ru.patient_id AND a.rule_id = ru.rule_id
+     AND (a.status <> 'resolved' OR (a.resolution = 'auto' AND ru.auto_resolve))
 ), absorbed AS (
     SELECT act.alert_id, act.patient_id, act.metric_id, act.kind, act.threshold,
            act.first_breach_at AS old_first, act.last_breach_at AS old_last,
            least(act.first_breach_at, min(w.run_start)) AS first_breach_at,
            greatest(act.last_breach_at, max(w.measured_at)) AS last_breach_at,
-           bool_or(w.measured_at BETWEEN act.first_breach_at AND act.last_breach_at) AS inside
+           -- A new breaching reading inside the span (qualifying or not): recount the span.
+           EXISTS (SELECT 1 FROM alert_window x
+                   WHERE x.patient_id = act.patient_id AND x.rule_id = act.rule_id
+                     AND x.in_window AND x.breach
+                     AND x.measured_at BETWEEN act.first_breach_at AND act.last_breach_at)
+               AS inside
     FROM active act
-    JOIN alert_window w
+    LEFT JOIN alert_window w
       ON w.patient_id = act.patient_id AND w.rule_id = act.rule_id
      AND w.qualifies AND w.in_window
-    WHERE CASE WHEN act.auto_resolve
-               THEN (act.in_range_before IS NULL OR w.measured_at > act.in_range_before)
-                    AND (act.in_range_after IS NULL OR w.measured_at < act.in_range_after)
-               ELSE NOT EXISTS (
-                   SELECT 1 FROM rpm.alerts old
-                   WHERE old.patient_id = act.patient_id AND old.rule_id = act.rule_id
-                     AND old.status = 'resolved'
-                     AND w.measured_at BETWEEN old.first_breach_at AND old.last_breach_at)
-          END
+     AND CASE WHEN act.auto_resolve
+              THEN (act.in_range_before IS NULL OR w.measured_at > act.in_range_before)
+                   AND (act.in_range_after IS NULL OR w.measured_at < act.in_range_after)
+              ELSE NOT EXISTS (
+                  SELECT 1 FROM rpm.alerts old
+                  WHERE old.patient_id = act.patient_id AND old.rule_id = act.rule_id
+                    AND old.status = 'resolved'
+                    AND w.measured_at BETWEEN old.first_breach_at AND old.last_breach_at)
+         END
     GROUP BY act.alert_id, act.patient_id, act.metric_id, act.kind, act.threshold,
-             act.first_breach_at, act.last_breach_at
+             act.first_breach_at, act.last_breach_at, act.rule_id
 ), counted AS (
     -- Breaching readings of the time newly covered (all of the span after a late reading
     -- inside it): evaluating the same readings again adds nothing.
@@ -226,7 +234,8 @@ SET first_breach_at = c.first_breach_at,
     last_value = CASE WHEN c.last_breach_at > c.old_last OR c.inside THEN c.newest_value
                       ELSE a.last_value END
 FROM counted c
-WHERE a.alert_id = c.alert_id AND a.status <> 'resolved'
+WHERE a.alert_id = c.alert_id
+  AND (a.status <> 'resolved' OR a.resolution = 'auto')
   -- Only real changes: evaluating the same readings again writes nothing.
   AND (a.first_breach_at, a.last_breach_at, a.breach_count, a.peak_value, a.last_value)
       IS DISTINCT FROM
@@ -277,7 +286,18 @@ SELECT alert_id FROM resolved;
 -- is over: it is recorded as opened and auto-resolved at once. Every new alert keeps a
 -- snapshot of the rule and the thresholds (override included) that fired it.
 WITH uncovered AS (
-    SELECT w.*
+    -- A run that reaches into an alert a person resolved starts (or ends) a new alert at its
+    -- first (last) qualifying reading outside that alert, so alerts never overlap.
+    SELECT w.*,
+           EXISTS (SELECT 1 FROM rpm.alerts a
+                   WHERE a.patient_id = w.patient_id AND a.rule_id = w.rule_id
+                     AND w.run_start BETWEEN a.first_breach_at AND a.last_breach_at)
+               AS start_covered,
+           EXISTS (SELECT 1 FROM rpm.alerts a
+                   WHERE a.patient_id = w.patient_id AND a.rule_id = w.rule_id
+                     AND CASE WHEN w.auto_resolve THEN w.run_end ELSE w.rule_end END
+                         BETWEEN a.first_breach_at AND a.last_breach_at)
+               AS end_covered
     FROM alert_window w
     WHERE w.qualifies AND w.in_window
       AND NOT EXISTS (
@@ -293,8 +313,9 @@ WITH uncovered AS (
     -- The run's newest qualifying reading may lie just past the window.
     SELECT patient_id, rule_id, metric_id, kind, threshold, auto_resolve,
            CASE WHEN auto_resolve THEN run END AS run,
-           min(run_start) AS first_breach_at,
-           max(CASE WHEN auto_resolve THEN run_end ELSE rule_end END) AS last_breach_at
+           min(CASE WHEN start_covered THEN measured_at ELSE run_start END) AS first_breach_at,
+           max(CASE WHEN end_covered THEN measured_at
+                    WHEN auto_resolve THEN run_end ELSE rule_end END) AS last_breach_at
     FROM uncovered
     GROUP BY patient_id, rule_id, metric_id, kind, threshold, auto_resolve,
              CASE WHEN auto_resolve THEN run END
