@@ -627,6 +627,8 @@ def test_post_readings_through_the_api_creates_the_alert(
         assert client.portal is not None
         runtime = client.app.state.ingest  # type: ignore[attr-defined]
         client.portal.call(runtime.alerts.drain)
+        metrics = client.get("/metrics").text
+    assert 'rpmstore_alerts_changed_total{change="opened"} 1.0' in metrics
     (alert,) = alerts(conn, patient)
     assert alert["rule_id"] == SPO2_BELOW_90_FOR_5_MIN
     assert (alert["status"], alert["breach_count"], alert["peak_value"]) == ("open", 6, 87.0)
