@@ -1,7 +1,8 @@
 -- The alert evaluator's statements (asyncpg: $n placeholders). One evaluation = one
--- transaction, after the ingest COMMIT, over the (patient, metric, oldest, newest measured_at)
--- ranges that the committed batches touched ($1 patient ids, $2 metric ids, $3 range starts,
--- $4 range ends, as parallel arrays). Every statement works on all touched ranges at once.
+-- transaction, after the ingest COMMIT, over the (patient, metric, oldest and newest
+-- measured_at, lowest and highest value) ranges that the committed batches touched ($1
+-- patient ids, $2 metric ids, $3/$4 range starts/ends, $5/$6 lowest/highest values, as
+-- parallel arrays). Every statement works on all touched ranges at once.
 --
 -- Semantics (order-independent where it can be, and never retracting what clinicians saw):
 -- * A reading breaches an above/below rule when its value is strictly beyond the effective
@@ -10,17 +11,19 @@
 --   to (no in-range reading in between, by measurement time) started at least sustained_for
 --   before it: every reading of the window breaches and the window is covered. sustained_for
 --   0 means every breaching reading qualifies.
--- * An active (open or acknowledged) alert spans [first_breach_at, last_breach_at]: the start
---   of its breach run and its newest breaching reading. It absorbs every qualifying reading of
---   the same run, earlier or later, however late it arrives. An auto-resolving alert resolves
---   when an in-range reading newer than its last breach exists; a late in-range reading older
---   than that never resolves it. Rules without auto_resolve absorb every later breach until a
---   person resolves the alert.
+-- * An alert spans [first_breach_at, last_breach_at]: the start of its breach run and its
+--   newest breaching reading. An active alert, or one the engine auto-resolved, absorbs every
+--   qualifying reading of the same run, earlier or later, however late it arrives. An
+--   auto-resolving alert resolves when an in-range reading newer than its last breach exists;
+--   a late in-range reading older than that never resolves it. Rules without auto_resolve
+--   absorb every later breach until a person resolves the alert.
 -- * A qualifying run no alert covers opens one; a run that an in-range reading already
 --   followed (late data about an episode that is over) is recorded as an alert opened and
 --   auto-resolved at once, which is what evaluating in measurement order would have left.
--- * breach_count, peak_value and last_value are recomputed from the readings of the alert's
---   span, so evaluating the same range twice changes nothing (retries are safe).
+--   Alerts of one patient and rule never overlap.
+-- * breach_count is the number of breaching readings in the alert's span; it, peak_value and
+--   last_value grow by the newly covered time only (a new reading inside the span recounts
+--   it), so evaluating the same range twice changes nothing (retries are safe).
 
 -- name: lock_patients
 -- Serialise with other evaluators and the sweep: one advisory lock per patient bucket, in
