@@ -435,6 +435,267 @@ CREATE TRIGGER alerts_touch BEFORE UPDATE ON rpm.alerts
     FOR EACH ROW EXECUTE FUNCTION rpm.touch_updated_at();
 
 -- ---------------------------------------------------------------------------------------------
+-- Rollups (migration 0004): 1-minute, 1-hour and 1-day aggregates per patient and metric, and
+-- rpm.vitals_timeline. Both editions expose rpm.readings_1m, rpm.readings_1h and
+-- rpm.readings_1d with the same columns and the same meaning (materialized buckets below a
+-- watermark, the rest aggregated on the fly). TSL edition: hierarchical continuous aggregates
+-- with refresh policies. Apache edition: rpmstore's own rollup tables behind views, maintained
+-- by the refresher (schema/rollups.py) from rpm.rollup_invalidations. The edition is read when
+-- the schema is built.
+-- ---------------------------------------------------------------------------------------------
+-- Every level stores sum and count (so averages of coarser levels are exact), min, max, and the
+-- last value by measurement time with that time. Ties at the same instant (two devices of one
+-- patient) go to the larger value, so both editions pick the same reading:
+--     last_value = (max(ARRAY[epoch seconds of measured_at, value]))[2]
+-- max over a float8 array is parallel-safe and allowed in continuous aggregates; TimescaleDB's
+-- last(value, (measured_at, value)) is not (a parallel plan cannot deserialize its anonymous
+-- record state). Epoch seconds as float8 keep distinct microseconds distinct and in order
+-- (until about the year 2240); they are taken from an interval because continuous aggregates
+-- accept only immutable expressions, and date_part on a timestamptz is merely stable.
+
+DO $rollups$
+BEGIN
+    IF current_setting('timescaledb.license') = 'timescale' THEN
+        CREATE MATERIALIZED VIEW rpm.readings_1m
+            WITH (timescaledb.continuous, timescaledb.materialized_only = false,
+                  timescaledb.create_group_indexes = false) AS
+        SELECT time_bucket(INTERVAL '1 minute', measured_at) AS bucket_start,
+               patient_id, metric_id,
+               count(*) AS reading_count,
+               sum(value) AS value_sum,
+               min(value) AS value_min,
+               max(value) AS value_max,
+               (max(ARRAY[date_part('epoch', measured_at - timestamptz 'epoch'), value]))[2]
+                   AS last_value,
+               max(measured_at) AS last_at
+        FROM rpm.readings
+        GROUP BY 1, 2, 3
+        WITH NO DATA;
+        CREATE INDEX readings_1m_key ON rpm.readings_1m (patient_id, metric_id, bucket_start);
+
+        CREATE MATERIALIZED VIEW rpm.readings_1h
+            WITH (timescaledb.continuous, timescaledb.materialized_only = false,
+                  timescaledb.create_group_indexes = false) AS
+        SELECT time_bucket(INTERVAL '1 hour', bucket_start) AS bucket_start,
+               patient_id, metric_id,
+               sum(reading_count)::bigint AS reading_count,
+               sum(value_sum) AS value_sum,
+               min(value_min) AS value_min,
+               max(value_max) AS value_max,
+               (max(ARRAY[date_part('epoch', last_at - timestamptz 'epoch'), last_value]))[2]
+                   AS last_value,
+               max(last_at) AS last_at
+        FROM rpm.readings_1m
+        GROUP BY 1, 2, 3
+        WITH NO DATA;
+        CREATE INDEX readings_1h_key ON rpm.readings_1h (patient_id, metric_id, bucket_start);
+
+        CREATE MATERIALIZED VIEW rpm.readings_1d
+            WITH (timescaledb.continuous, timescaledb.materialized_only = false,
+                  timescaledb.create_group_indexes = false) AS
+        SELECT time_bucket(INTERVAL '1 day', bucket_start) AS bucket_start,
+               patient_id, metric_id,
+               sum(reading_count)::bigint AS reading_count,
+               sum(value_sum) AS value_sum,
+               min(value_min) AS value_min,
+               max(value_max) AS value_max,
+               (max(ARRAY[date_part('epoch', last_at - timestamptz 'epoch'), last_value]))[2]
+                   AS last_value,
+               max(last_at) AS last_at
+        FROM rpm.readings_1h
+        GROUP BY 1, 2, 3
+        WITH NO DATA;
+        CREATE INDEX readings_1d_key ON rpm.readings_1d (patient_id, metric_id, bucket_start);
+
+        -- start_offset is the raw horizon (RPMSTORE_ROLLUP_RAW_HORIZON, default 30 days): a
+        -- refresh never reaches buckets whose raw chunks retention may have dropped. The
+        -- refresher (rpmstore rollups refresh) re-aligns these windows with the settings.
+        PERFORM add_continuous_aggregate_policy('rpm.readings_1m',
+            start_offset => INTERVAL '30 days', end_offset => INTERVAL '1 minute',
+            schedule_interval => INTERVAL '1 minute');
+        PERFORM add_continuous_aggregate_policy('rpm.readings_1h',
+            start_offset => INTERVAL '30 days', end_offset => INTERVAL '1 minute',
+            schedule_interval => INTERVAL '5 minutes');
+        PERFORM add_continuous_aggregate_policy('rpm.readings_1d',
+            start_offset => INTERVAL '30 days', end_offset => INTERVAL '1 minute',
+            schedule_interval => INTERVAL '15 minutes');
+    ELSE
+        -- Buckets starting before materialized_until are in the rollup tables (every level:
+        -- a coarser bucket is materialized once it ends at or before it). The views aggregate
+        -- the rest on the fly. Separate from rpm.rollup_watermark on purpose: the refresher
+        -- locks that table exclusively for a moment, and readers must never wait for it.
+        CREATE TABLE rpm.rollup_progress (
+            singleton          boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+            materialized_until timestamptz NOT NULL DEFAULT '-infinity',
+            updated_at         timestamptz NOT NULL DEFAULT now()
+        );
+        INSERT INTO rpm.rollup_progress DEFAULT VALUES;
+
+        -- Column order puts 8-byte columns first so rows carry no alignment padding.
+        CREATE TABLE rpm.rollup_1m (
+            bucket_start  timestamptz NOT NULL,
+            last_at       timestamptz NOT NULL,
+            reading_count bigint NOT NULL CHECK (reading_count > 0),
+            value_sum     double precision NOT NULL,
+            value_min     double precision NOT NULL,
+            value_max     double precision NOT NULL,
+            last_value    double precision NOT NULL,
+            patient_id    uuid NOT NULL,
+            metric_id     smallint NOT NULL,
+            PRIMARY KEY (patient_id, metric_id, bucket_start)
+        );
+        CREATE TABLE rpm.rollup_1h (LIKE rpm.rollup_1m INCLUDING CONSTRAINTS,
+                                    PRIMARY KEY (patient_id, metric_id, bucket_start));
+        CREATE TABLE rpm.rollup_1d (LIKE rpm.rollup_1m INCLUDING CONSTRAINTS,
+                                    PRIMARY KEY (patient_id, metric_id, bucket_start));
+        -- Hypertables so retention can later drop old rollups by chunk, like raw readings.
+        -- Chunks hold about as many rows as a raw chunk would for minute-level data.
+        PERFORM create_hypertable('rpm.rollup_1m', by_range('bucket_start', INTERVAL '28 days'),
+                                  create_default_indexes => false);
+        PERFORM create_hypertable('rpm.rollup_1h', by_range('bucket_start', INTERVAL '365 days'),
+                                  create_default_indexes => false);
+        PERFORM create_hypertable('rpm.rollup_1d', by_range('bucket_start', INTERVAL '3650 days'),
+                                  create_default_indexes => false);
+
+        -- The same columns, in the same order, as the continuous aggregates of the TSL edition.
+        CREATE VIEW rpm.readings_1m AS
+        SELECT bucket_start, patient_id, metric_id, reading_count, value_sum, value_min,
+               value_max, last_value, last_at
+        FROM rpm.rollup_1m
+        WHERE bucket_start < (SELECT materialized_until FROM rpm.rollup_progress)
+        UNION ALL
+        SELECT time_bucket(INTERVAL '1 minute', measured_at), patient_id, metric_id,
+               count(*), sum(value), min(value), max(value),
+               (max(ARRAY[date_part('epoch', measured_at - timestamptz 'epoch'), value]))[2],
+               max(measured_at)
+        FROM rpm.readings
+        WHERE measured_at >= (SELECT materialized_until FROM rpm.rollup_progress)
+        GROUP BY 1, 2, 3;
+
+        CREATE VIEW rpm.readings_1h AS
+        SELECT bucket_start, patient_id, metric_id, reading_count, value_sum, value_min,
+               value_max, last_value, last_at
+        FROM rpm.rollup_1h
+        WHERE bucket_start < (SELECT time_bucket(INTERVAL '1 hour', materialized_until)
+                              FROM rpm.rollup_progress)
+        UNION ALL
+        SELECT time_bucket(INTERVAL '1 hour', bucket_start), patient_id, metric_id,
+               sum(reading_count)::bigint, sum(value_sum), min(value_min), max(value_max),
+               (max(ARRAY[date_part('epoch', last_at - timestamptz 'epoch'), last_value]))[2],
+               max(last_at)
+        FROM rpm.readings_1m
+        WHERE bucket_start >= (SELECT time_bucket(INTERVAL '1 hour', materialized_until)
+                               FROM rpm.rollup_progress)
+        GROUP BY 1, 2, 3;
+
+        CREATE VIEW rpm.readings_1d AS
+        SELECT bucket_start, patient_id, metric_id, reading_count, value_sum, value_min,
+               value_max, last_value, last_at
+        FROM rpm.rollup_1d
+        WHERE bucket_start < (SELECT time_bucket(INTERVAL '1 day', materialized_until)
+                              FROM rpm.rollup_progress)
+        UNION ALL
+        SELECT time_bucket(INTERVAL '1 day', bucket_start), patient_id, metric_id,
+               sum(reading_count)::bigint, sum(value_sum), min(value_min), max(value_max),
+               (max(ARRAY[date_part('epoch', last_at - timestamptz 'epoch'), last_value]))[2],
+               max(last_at)
+        FROM rpm.readings_1h
+        WHERE bucket_start >= (SELECT time_bucket(INTERVAL '1 day', materialized_until)
+                               FROM rpm.rollup_progress)
+        GROUP BY 1, 2, 3;
+    END IF;
+END
+$rollups$;
+
+-- One row per bucket in [p_start, p_end) for '1m' | '1h' | '1d', buckets aligned to UTC: every
+-- bucket that overlaps the range, each aggregated over its whole bucket, including explicit gap
+-- rows (count 0, the rest NULL) where nothing was measured. 'raw' returns the readings
+-- themselves (count 1 each, no gap rows), ordered by measurement time.
+-- SECURITY INVOKER on purpose: callers get exactly their own access to the rollups; scoping
+-- to a care team belongs in a definer function that wraps this one.
+CREATE FUNCTION rpm.vitals_timeline(
+    p_patient uuid,
+    p_metric smallint,
+    p_start timestamptz,
+    p_end timestamptz,
+    p_resolution text
+) RETURNS TABLE (
+    bucket_start timestamptz,
+    count bigint,
+    min double precision,
+    max double precision,
+    avg double precision,
+    last double precision,
+    last_at timestamptz
+)
+    LANGUAGE plpgsql STABLE SECURITY INVOKER PARALLEL SAFE AS
+$$
+#variable_conflict use_column
+DECLARE
+    -- 24 hours, not 1 day: timestamptz + '1 day' follows the session's time zone across DST.
+    width constant interval := CASE p_resolution
+        WHEN '1m' THEN INTERVAL '1 minute'
+        WHEN '1h' THEN INTERVAL '1 hour'
+        WHEN '1d' THEN INTERVAL '24 hours'
+    END;
+    first_bucket timestamptz;
+BEGIN
+    IF p_resolution IS DISTINCT FROM 'raw' AND width IS NULL THEN
+        RAISE EXCEPTION 'unknown resolution %: expected raw, 1m, 1h or 1d', p_resolution
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT (isfinite(p_start) AND isfinite(p_end)) THEN
+        RAISE EXCEPTION 'timeline bounds must be finite times'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_resolution = 'raw' THEN
+        RETURN QUERY
+        SELECT r.measured_at, 1::bigint, r.value, r.value, r.value, r.value, r.measured_at
+        FROM rpm.readings r
+        WHERE r.patient_id = p_patient AND r.metric_id = p_metric
+          AND r.measured_at >= p_start AND r.measured_at < p_end
+        ORDER BY r.measured_at, r.value;
+        RETURN;
+    END IF;
+    first_bucket := time_bucket(width, p_start);
+    IF p_resolution = '1m' THEN
+        RETURN QUERY
+        SELECT g.b, coalesce(v.reading_count, 0), v.value_min, v.value_max,
+               v.value_sum / v.reading_count, v.last_value, v.last_at
+        FROM generate_series(first_bucket, p_end - INTERVAL '1 microsecond', width) AS g (b)
+        LEFT JOIN (
+            SELECT * FROM rpm.readings_1m x
+            WHERE x.patient_id = p_patient AND x.metric_id = p_metric
+              AND x.bucket_start >= first_bucket AND x.bucket_start < p_end
+        ) v ON v.bucket_start = g.b
+        ORDER BY g.b;
+    ELSIF p_resolution = '1h' THEN
+        RETURN QUERY
+        SELECT g.b, coalesce(v.reading_count, 0), v.value_min, v.value_max,
+               v.value_sum / v.reading_count, v.last_value, v.last_at
+        FROM generate_series(first_bucket, p_end - INTERVAL '1 microsecond', width) AS g (b)
+        LEFT JOIN (
+            SELECT * FROM rpm.readings_1h x
+            WHERE x.patient_id = p_patient AND x.metric_id = p_metric
+              AND x.bucket_start >= first_bucket AND x.bucket_start < p_end
+        ) v ON v.bucket_start = g.b
+        ORDER BY g.b;
+    ELSE
+        RETURN QUERY
+        SELECT g.b, coalesce(v.reading_count, 0), v.value_min, v.value_max,
+               v.value_sum / v.reading_count, v.last_value, v.last_at
+        FROM generate_series(first_bucket, p_end - INTERVAL '1 microsecond', width) AS g (b)
+        LEFT JOIN (
+            SELECT * FROM rpm.readings_1d x
+            WHERE x.patient_id = p_patient AND x.metric_id = p_metric
+              AND x.bucket_start >= first_bucket AND x.bucket_start < p_end
+        ) v ON v.bucket_start = g.b
+        ORDER BY g.b;
+    END IF;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
 -- Alerting engine (migration 0005): peak value, parked evaluations, default rules.
 -- ---------------------------------------------------------------------------------------------
 ALTER TABLE rpm.alerts ADD COLUMN peak_value double precision;
@@ -516,3 +777,223 @@ VALUES
      11, 'missing_data', NULL, '0', '30 minutes', 'major', true),
     ('a1e7a000-0000-4000-8000-00000000000f', 'No SpO2 reading for 24 hours',
      4, 'missing_data', NULL, '0', '24 hours', 'warning', true);
+
+-- =============================================================================================
+-- Access: care-team scoping for the API role (migration 0006)
+-- =============================================================================================
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rpmstore_api') THEN
+        RAISE EXCEPTION 'role rpmstore_api does not exist'
+            USING HINT = 'create it as a LOGIN role without BYPASSRLS before migrating '
+                         '(rpmstore db up and deploy/timescaledb/010_rpmstore_owner.sh do)';
+    END IF;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Who is acting (empty outside an API transaction).
+-- ---------------------------------------------------------------------------------------------
+CREATE FUNCTION rpm.acting_subject() RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE AS
+$$ SELECT nullif(current_setting('rpm.acting_subject', true), '') $$;
+
+CREATE FUNCTION rpm.acting_roles() RETURNS text[]
+    LANGUAGE sql STABLE PARALLEL SAFE AS
+$$ SELECT coalesce(string_to_array(nullif(current_setting('rpm.acting_roles', true), ''), ','),
+                   '{}') $$;
+
+CREATE FUNCTION rpm.acting_is_admin() RETURNS boolean
+    LANGUAGE sql STABLE PARALLEL SAFE AS
+$$ SELECT rpm.acting_subject() IS NOT NULL AND 'admin' = ANY (rpm.acting_roles()) $$;
+
+-- The patients the acting user may see. SECURITY DEFINER: the API role has no access to the
+-- membership tables' rows of other teams, and must not need any.
+CREATE FUNCTION rpm.visible_patient_ids() RETURNS SETOF uuid
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS
+$$
+    SELECT p.patient_id
+    FROM rpm.patients p
+    WHERE rpm.acting_is_admin()
+    UNION
+    SELECT ctp.patient_id
+    FROM rpm.clinicians c
+    JOIN rpm.care_team_members m ON m.clinician_id = c.clinician_id
+    JOIN rpm.care_teams t ON t.care_team_id = m.care_team_id AND t.deleted_at IS NULL
+    JOIN rpm.care_team_patients ctp ON ctp.care_team_id = m.care_team_id
+    WHERE c.subject = rpm.acting_subject()
+      AND c.deleted_at IS NULL
+      AND 'clinician' = ANY (rpm.acting_roles())
+      AND m.care_team_id::text = ANY (
+          string_to_array(nullif(current_setting('rpm.acting_care_teams', true), ''), ','))
+$$;
+
+CREATE FUNCTION rpm.can_see_patient(p_patient uuid) RETURNS boolean
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS
+$$ SELECT p_patient IN (SELECT rpm.visible_patient_ids()) $$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Row-level security on every table that holds patient data. The owner (migrations, ingest,
+-- the alert engine, retention) is not subject to it: those run as trusted jobs, not as users.
+-- ---------------------------------------------------------------------------------------------
+ALTER TABLE rpm.patients ENABLE ROW LEVEL SECURITY;
+-- Admins see and register every patient. The admin test comes first and outside the function:
+-- a row inserted by this statement is not yet in the function's snapshot.
+CREATE POLICY patients_visible ON rpm.patients
+    USING (rpm.acting_is_admin() OR patient_id IN (SELECT rpm.visible_patient_ids()));
+
+ALTER TABLE rpm.patient_identities ENABLE ROW LEVEL SECURITY;
+CREATE POLICY patient_identities_visible ON rpm.patient_identities
+    USING (rpm.acting_is_admin() OR patient_id IN (SELECT rpm.visible_patient_ids()));
+
+ALTER TABLE rpm.patient_identifiers ENABLE ROW LEVEL SECURITY;
+CREATE POLICY patient_identifiers_visible ON rpm.patient_identifiers
+    USING (rpm.acting_is_admin() OR patient_id IN (SELECT rpm.visible_patient_ids()));
+
+ALTER TABLE rpm.care_team_patients ENABLE ROW LEVEL SECURITY;
+CREATE POLICY care_team_patients_visible ON rpm.care_team_patients FOR SELECT
+    USING (rpm.acting_is_admin() OR patient_id IN (SELECT rpm.visible_patient_ids()));
+CREATE POLICY care_team_patients_admin ON rpm.care_team_patients
+    USING (rpm.acting_is_admin()) WITH CHECK (rpm.acting_is_admin());
+
+ALTER TABLE rpm.care_teams ENABLE ROW LEVEL SECURITY;
+CREATE POLICY care_teams_read ON rpm.care_teams FOR SELECT USING (rpm.acting_subject() IS NOT NULL);
+CREATE POLICY care_teams_admin ON rpm.care_teams
+    USING (rpm.acting_is_admin()) WITH CHECK (rpm.acting_is_admin());
+
+ALTER TABLE rpm.clinicians ENABLE ROW LEVEL SECURITY;
+CREATE POLICY clinicians_read ON rpm.clinicians FOR SELECT USING (rpm.acting_subject() IS NOT NULL);
+CREATE POLICY clinicians_admin ON rpm.clinicians
+    USING (rpm.acting_is_admin()) WITH CHECK (rpm.acting_is_admin());
+
+ALTER TABLE rpm.care_team_members ENABLE ROW LEVEL SECURITY;
+CREATE POLICY care_team_members_read ON rpm.care_team_members FOR SELECT
+    USING (rpm.acting_subject() IS NOT NULL);
+CREATE POLICY care_team_members_admin ON rpm.care_team_members
+    USING (rpm.acting_is_admin()) WITH CHECK (rpm.acting_is_admin());
+
+-- Devices are not patient data, but only admins manage them; clinicians see the devices of
+-- their patients through assignments.
+ALTER TABLE rpm.devices ENABLE ROW LEVEL SECURITY;
+CREATE POLICY devices_admin ON rpm.devices
+    USING (rpm.acting_is_admin()) WITH CHECK (rpm.acting_is_admin());
+CREATE POLICY devices_of_visible_patients ON rpm.devices FOR SELECT
+    USING (device_id IN (SELECT a.device_id FROM rpm.device_assignments a));
+
+ALTER TABLE rpm.device_assignments ENABLE ROW LEVEL SECURITY;
+CREATE POLICY device_assignments_visible ON rpm.device_assignments FOR SELECT
+    USING (rpm.acting_is_admin() OR patient_id IN (SELECT rpm.visible_patient_ids()));
+CREATE POLICY device_assignments_admin ON rpm.device_assignments
+    USING (rpm.acting_is_admin()) WITH CHECK (rpm.acting_is_admin());
+
+ALTER TABLE rpm.alert_rules ENABLE ROW LEVEL SECURITY;
+CREATE POLICY alert_rules_read ON rpm.alert_rules FOR SELECT USING (rpm.acting_subject() IS NOT NULL);
+CREATE POLICY alert_rules_admin ON rpm.alert_rules
+    USING (rpm.acting_is_admin()) WITH CHECK (rpm.acting_is_admin());
+
+ALTER TABLE rpm.alert_rule_overrides ENABLE ROW LEVEL SECURITY;
+CREATE POLICY alert_rule_overrides_visible ON rpm.alert_rule_overrides FOR SELECT
+    USING (rpm.acting_is_admin() OR patient_id IN (SELECT rpm.visible_patient_ids()));
+CREATE POLICY alert_rule_overrides_admin ON rpm.alert_rule_overrides
+    USING (rpm.acting_is_admin()) WITH CHECK (rpm.acting_is_admin());
+
+ALTER TABLE rpm.alerts ENABLE ROW LEVEL SECURITY;
+CREATE POLICY alerts_visible ON rpm.alerts
+    USING (rpm.acting_is_admin() OR patient_id IN (SELECT rpm.visible_patient_ids()))
+    WITH CHECK (rpm.acting_is_admin() OR patient_id IN (SELECT rpm.visible_patient_ids()));
+
+ALTER TABLE rpm.alert_events ENABLE ROW LEVEL SECURITY;
+-- The subquery on rpm.alerts is itself filtered by alerts_visible.
+CREATE POLICY alert_events_visible ON rpm.alert_events
+    USING (alert_id IN (SELECT a.alert_id FROM rpm.alerts a))
+    WITH CHECK (alert_id IN (SELECT a.alert_id FROM rpm.alerts a)
+                AND actor = rpm.acting_subject());
+
+-- The audit trail: anyone acting may append a record about themselves; only admins read it.
+ALTER TABLE rpm.audit_log ENABLE ROW LEVEL SECURITY;
+CREATE POLICY audit_log_append ON rpm.audit_log FOR INSERT
+    WITH CHECK (actor_subject = rpm.acting_subject());
+CREATE POLICY audit_log_admin_read ON rpm.audit_log FOR SELECT USING (rpm.acting_is_admin());
+
+-- ---------------------------------------------------------------------------------------------
+-- Grants. Column lists keep credential hashes unreadable: SELECT on rpm.devices leaves out
+-- credential_sha256 and broker_password_hash (admins may write them when registering).
+-- ---------------------------------------------------------------------------------------------
+GRANT USAGE ON SCHEMA rpm TO rpmstore_api;
+GRANT SELECT ON rpm.metrics, rpm.metric_aliases, rpm.unit_conversions TO rpmstore_api;
+GRANT SELECT, INSERT, UPDATE ON rpm.patients, rpm.patient_identities, rpm.patient_identifiers,
+    rpm.care_teams, rpm.clinicians, rpm.device_assignments, rpm.alert_rules,
+    rpm.alert_rule_overrides TO rpmstore_api;
+GRANT SELECT, INSERT, DELETE ON rpm.care_team_members, rpm.care_team_patients TO rpmstore_api;
+GRANT SELECT (device_id, kind, manufacturer, model, serial_number, status, created_at,
+              updated_at, deleted_at) ON rpm.devices TO rpmstore_api;
+GRANT INSERT (kind, manufacturer, model, serial_number, credential_sha256, broker_password_hash)
+    ON rpm.devices TO rpmstore_api;
+GRANT UPDATE (status) ON rpm.devices TO rpmstore_api;
+GRANT SELECT, UPDATE ON rpm.alerts TO rpmstore_api;
+GRANT SELECT, INSERT ON rpm.alert_events TO rpmstore_api;
+GRANT SELECT, INSERT ON rpm.audit_log TO rpmstore_api;
+
+-- ---------------------------------------------------------------------------------------------
+-- The time series, read through scoping functions (owner's rights, the caller's scope).
+-- ---------------------------------------------------------------------------------------------
+-- Newest reading per metric for each requested patient the acting user may see. "Latest" is the
+-- newest measurement time, never the last received; one index probe per (patient, metric).
+CREATE FUNCTION rpm.latest_vitals(p_patients uuid[])
+    RETURNS TABLE (patient_id uuid, metric_id smallint, measured_at timestamptz,
+                   value double precision, utc_offset_minutes smallint, device_id uuid,
+                   received_at timestamptz)
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS
+$$
+    SELECT v.patient_id, m.metric_id, r.measured_at, r.value, r.utc_offset_minutes, r.device_id,
+           r.received_at
+    FROM (SELECT DISTINCT unnest(p_patients) AS patient_id) v
+    CROSS JOIN rpm.metrics m
+    CROSS JOIN LATERAL (
+        SELECT rd.measured_at, rd.value, rd.utc_offset_minutes, rd.device_id, rd.received_at
+        FROM rpm.readings rd
+        WHERE rd.patient_id = v.patient_id AND rd.metric_id = m.metric_id
+        ORDER BY rd.measured_at DESC
+        LIMIT 1
+    ) r
+    WHERE v.patient_id IN (SELECT rpm.visible_patient_ids())
+$$;
+
+REVOKE ALL ON FUNCTION rpm.visible_patient_ids(), rpm.can_see_patient(uuid),
+    rpm.latest_vitals(uuid[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION rpm.visible_patient_ids(), rpm.can_see_patient(uuid),
+    rpm.latest_vitals(uuid[]) TO rpmstore_api;
+
+-- The timeline of one patient's metric (raw, 1m, 1h, 1d; gaps explicit), for the acting user
+-- only. rpm.vitals_timeline reads the rollups (continuous aggregates on TSL), which the API role
+-- cannot read and which cannot carry RLS: this function checks the scope first and returns
+-- nothing at all for a patient outside it. TimescaleDB's functions live in public.
+CREATE FUNCTION rpm.patient_vitals_timeline(
+    p_patient uuid,
+    p_metric smallint,
+    p_start timestamptz,
+    p_end timestamptz,
+    p_resolution text
+) RETURNS TABLE (
+    bucket_start timestamptz,
+    count bigint,
+    min double precision,
+    max double precision,
+    avg double precision,
+    last double precision,
+    last_at timestamptz
+)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS
+$$
+BEGIN
+    IF rpm.can_see_patient(p_patient) THEN
+        RETURN QUERY
+        SELECT t.bucket_start, t.count, t.min, t.max, t.avg, t.last, t.last_at
+        FROM rpm.vitals_timeline(p_patient, p_metric, p_start, p_end, p_resolution) t;
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION rpm.patient_vitals_timeline(uuid, smallint, timestamptz, timestamptz, text)
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    rpm.patient_vitals_timeline(uuid, smallint, timestamptz, timestamptz, text) TO rpmstore_api;

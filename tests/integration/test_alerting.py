@@ -20,7 +20,6 @@ import pytest
 from fastapi.testclient import TestClient
 from psycopg.rows import dict_row
 
-from api.app import create_app
 from ingest.alerting import (
     AlertEvaluator,
     AlertNotFoundError,
@@ -37,6 +36,7 @@ from ingest.store import ValidatedReading, store_readings
 from rpmstore.cli import main
 from schema.registry import assign_device, register_device, register_patient
 from schema.sql import queries
+from tests.apphelpers import make_app
 
 T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 SPO2, HEART_RATE, WEIGHT, GLUCOSE = 4, 1, 8, 11
@@ -597,7 +597,7 @@ def test_committed_batches_create_alerts_through_the_committer_hook(
 
 
 def test_post_readings_through_the_api_creates_the_alert(
-    conn: psycopg.Connection, db_url: str
+    conn: psycopg.Connection, db_url: str, api_db_url: str
 ) -> None:
     patient = register_patient(conn)
     device = register_device(
@@ -612,7 +612,7 @@ def test_post_readings_through_the_api_creates_the_alert(
         time = (now - timedelta(minutes=minutes_ago)).isoformat()
         return {"metric": "spo2", "value": value, "unit": "%", "time": time}
 
-    with TestClient(create_app(database_url=db_url)) as client:
+    with TestClient(make_app(db_url, api_db_url)) as client:
         for body in (
             {"readings": [spo2(m, 88.0) for m in (6, 5, 4)]},
             {"readings": [spo2(m, 87.0) for m in (3, 2, 1)]},
