@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 from prometheus_client import CollectorRegistry
 
+from ingest.alerting.metrics import AlertMetrics
 from ingest.alerting.worker import AlertingOptions, AlertWorker
 from ingest.committer import GroupCommitter
 from ingest.directory import DeviceDirectory, load_catalogue
@@ -60,7 +61,9 @@ async def open_ingest_runtime(
     ) as pool:
         async with pool.acquire() as conn:
             catalogue = await load_catalogue(conn)
-        async with _alert_worker(database_url, source=source, options=alerting) as alerts:
+        async with _alert_worker(
+            database_url, source=source, options=alerting, registry=registry
+        ) as alerts:
             committer = GroupCommitter(
                 pool,
                 source=source,
@@ -89,7 +92,7 @@ async def open_ingest_runtime(
 
 @asynccontextmanager
 async def _alert_worker(
-    database_url: str, *, source: Source, options: AlertingOptions
+    database_url: str, *, source: Source, options: AlertingOptions, registry: CollectorRegistry
 ) -> AsyncIterator[AlertWorker | None]:
     """The alert worker on a pool of its own, so evaluation never takes an ingest connection."""
     if not options.enabled:
@@ -102,7 +105,9 @@ async def _alert_worker(
         server_settings={"application_name": f"rpmstore-alerts-{source}"},
         command_timeout=60,
     ) as pool:
-        worker = AlertWorker(pool, sweep_interval_s=options.sweep_interval_s)
+        worker = AlertWorker(
+            pool, sweep_interval_s=options.sweep_interval_s, metrics=AlertMetrics(registry)
+        )
         await worker.start()
         try:
             yield worker

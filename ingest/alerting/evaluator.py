@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -24,12 +25,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class TouchedRange:
-    """The oldest and newest measurement time of readings just committed for one series."""
+    """The oldest and newest measurement time of readings just committed for one series, and
+    their lowest and highest value (None: unknown), which lets evaluation skip every rule that
+    none of them can breach."""
 
     patient_id: uuid.UUID
     metric_id: int
     start: datetime
     end: datetime
+    low: float | None = None
+    high: float | None = None
 
 
 @dataclass(frozen=True)
@@ -41,18 +46,28 @@ class EvaluationResult:
 
 def touched_ranges(batches: Iterable[Iterable[ValidatedReading]]) -> list[TouchedRange]:
     """One range per (patient, metric) over all readings of ``batches``."""
-    ranges: dict[tuple[uuid.UUID, int], tuple[datetime, datetime]] = {}
+    # key -> [start, end, low, high]
+    ranges: dict[tuple[uuid.UUID, int], list[Any]] = {}
     for readings in batches:
         for r in readings:
-            key = (r.patient_id, r.metric_id)
-            seen = ranges.get(key)
+            seen = ranges.get((r.patient_id, r.metric_id))
             if seen is None:
-                ranges[key] = (r.measured_at, r.measured_at)
-            elif r.measured_at < seen[0]:
-                ranges[key] = (r.measured_at, seen[1])
+                ranges[(r.patient_id, r.metric_id)] = [
+                    r.measured_at,
+                    r.measured_at,
+                    r.value,
+                    r.value,
+                ]
+                continue
+            if r.measured_at < seen[0]:
+                seen[0] = r.measured_at
             elif r.measured_at > seen[1]:
-                ranges[key] = (seen[0], r.measured_at)
-    return [TouchedRange(p, m, start, end) for (p, m), (start, end) in ranges.items()]
+                seen[1] = r.measured_at
+            if r.value < seen[2]:
+                seen[2] = r.value
+            elif r.value > seen[3]:
+                seen[3] = r.value
+    return [TouchedRange(p, m, *bounds) for (p, m), bounds in ranges.items()]
 
 
 def merge_ranges(ranges: Iterable[TouchedRange]) -> list[TouchedRange]:
@@ -61,12 +76,17 @@ def merge_ranges(ranges: Iterable[TouchedRange]) -> list[TouchedRange]:
     for r in ranges:
         key = (r.patient_id, r.metric_id)
         seen = merged.get(key)
-        merged[key] = (
-            r
-            if seen is None
-            else TouchedRange(
-                r.patient_id, r.metric_id, min(seen.start, r.start), max(seen.end, r.end)
-            )
+        if seen is None:
+            merged[key] = r
+            continue
+        unknown = None in (seen.low, seen.high, r.low, r.high)
+        merged[key] = TouchedRange(
+            r.patient_id,
+            r.metric_id,
+            min(seen.start, r.start),
+            max(seen.end, r.end),
+            None if unknown else min(seen.low, r.low),  # type: ignore[type-var]
+            None if unknown else max(seen.high, r.high),  # type: ignore[type-var]
         )
     return list(merged.values())
 
@@ -104,7 +124,15 @@ class AlertEvaluator:
         q = self._q
         await conn.fetchval(q["lock_patients"], patients)
         await conn.execute(q["create_window"])
-        await conn.execute(q["fill_window"], patients, metrics, starts, ends)
+        await conn.execute(
+            q["fill_window"],
+            patients,
+            metrics,
+            starts,
+            ends,
+            [t.low for t in touched],
+            [t.high for t in touched],
+        )
         extended = await conn.fetch(q["extend_active_alerts"])
         resolved = await conn.fetch(q["resolve_back_in_range"])
         opened = await conn.fetch(q["open_new_alerts"])

@@ -34,6 +34,7 @@ from ingest.alerting.evaluator import (
     range_arrays,
     touched_ranges,
 )
+from ingest.alerting.metrics import AlertMetrics
 from ingest.alerting.sweep import sweep_missing_data
 from ingest.store import ValidatedReading
 from schema.sql import queries
@@ -77,8 +78,10 @@ class AlertWorker:
         sweep_interval_s: float | None = None,
         max_attempts: int = 5,
         max_backoff_s: float = 5.0,
+        metrics: AlertMetrics | None = None,
     ) -> None:
         self._pool = pool
+        self._metrics = metrics
         self._evaluator = evaluator or AlertEvaluator()
         self._sweep_interval_s = sweep_interval_s
         self._max_attempts = max_attempts
@@ -95,6 +98,8 @@ class AlertWorker:
         """The group committer's post-commit hook: queue and return at once; never raises."""
         try:
             self._queued.extend(batches)
+            if self._metrics:
+                self._metrics.queued_batches.set(len(self._queued))
             self._idle.clear()
             self._wake.set()
         except Exception:  # a hook must not break the committer that calls it
@@ -135,6 +140,8 @@ class AlertWorker:
 
     def _take_queued(self) -> list[Sequence[ValidatedReading]]:
         queued, self._queued = self._queued, []
+        if self._metrics:
+            self._metrics.queued_batches.set(0)
         return queued
 
     async def _evaluate_forever(self) -> None:
@@ -155,8 +162,13 @@ class AlertWorker:
             started = time.monotonic()
             try:
                 async with self._pool.acquire() as conn:
-                    await self._evaluator.evaluate(conn, self._in_flight)
+                    result = await self._evaluator.evaluate(conn, self._in_flight)
                 self.evaluations += 1
+                if self._metrics:
+                    self._metrics.evaluation_seconds.observe(time.monotonic() - started)
+                    self._metrics.alerts.labels("opened").inc(len(result.opened))
+                    self._metrics.alerts.labels("extended").inc(result.extended)
+                    self._metrics.alerts.labels("resolved").inc(result.resolved)
                 log.debug(
                     "alerts evaluated",
                     extra={
@@ -167,9 +179,13 @@ class AlertWorker:
                 self._in_flight = []
                 return
             except _TRANSIENT_ERRORS as exc:
+                if self._metrics:
+                    self._metrics.failures.labels("transient").inc()
                 log.warning("alert evaluation failed, retrying in %.2fs: %s", backoff, exc)
             except Exception as exc:
                 attempts += 1
+                if self._metrics:
+                    self._metrics.failures.labels("error").inc()
                 if attempts >= self._max_attempts:
                     log.exception("alert evaluation keeps failing; parking it for the sweep")
                     try:
@@ -196,6 +212,8 @@ class AlertWorker:
                 ends,
                 [error] * len(touched),
             )
+        if self._metrics:
+            self._metrics.parked.inc(len(touched))
         log.warning("alert evaluation parked", extra={"series": len(touched), "error": error})
 
     async def _sweep_forever(self, interval_s: float) -> None:

@@ -1,7 +1,8 @@
 -- The alert evaluator's statements (asyncpg: $n placeholders). One evaluation = one
--- transaction, after the ingest COMMIT, over the (patient, metric, oldest, newest measured_at)
--- ranges that the committed batches touched ($1 patient ids, $2 metric ids, $3 range starts,
--- $4 range ends, as parallel arrays). Every statement works on all touched ranges at once.
+-- transaction, after the ingest COMMIT, over the (patient, metric, oldest and newest
+-- measured_at, lowest and highest value) ranges that the committed batches touched ($1
+-- patient ids, $2 metric ids, $3/$4 range starts/ends, $5/$6 lowest/highest values, as
+-- parallel arrays). Every statement works on all touched ranges at once.
 --
 -- Semantics (order-independent where it can be, and never retracting what clinicians saw):
 -- * A reading breaches an above/below rule when its value is strictly beyond the effective
@@ -10,17 +11,19 @@
 --   to (no in-range reading in between, by measurement time) started at least sustained_for
 --   before it: every reading of the window breaches and the window is covered. sustained_for
 --   0 means every breaching reading qualifies.
--- * An active (open or acknowledged) alert spans [first_breach_at, last_breach_at]: the start
---   of its breach run and its newest breaching reading. It absorbs every qualifying reading of
---   the same run, earlier or later, however late it arrives. An auto-resolving alert resolves
---   when an in-range reading newer than its last breach exists; a late in-range reading older
---   than that never resolves it. Rules without auto_resolve absorb every later breach until a
---   person resolves the alert.
+-- * An alert spans [first_breach_at, last_breach_at]: the start of its breach run and its
+--   newest breaching reading. An active alert, or one the engine auto-resolved, absorbs every
+--   qualifying reading of the same run, earlier or later, however late it arrives. An
+--   auto-resolving alert resolves when an in-range reading newer than its last breach exists;
+--   a late in-range reading older than that never resolves it. Rules without auto_resolve
+--   absorb every later breach until a person resolves the alert.
 -- * A qualifying run no alert covers opens one; a run that an in-range reading already
 --   followed (late data about an episode that is over) is recorded as an alert opened and
 --   auto-resolved at once, which is what evaluating in measurement order would have left.
--- * breach_count, peak_value and last_value are recomputed from the readings of the alert's
---   span, so evaluating the same range twice changes nothing (retries are safe).
+--   Alerts of one patient and rule never overlap.
+-- * breach_count is the number of breaching readings in the alert's span; it, peak_value and
+--   last_value grow by the newly covered time only (a new reading inside the span recounts
+--   it), so evaluating the same range twice changes nothing (retries are safe).
 
 -- name: lock_patients
 -- Serialise with other evaluators and the sweep: one advisory lock per patient bucket, in
@@ -43,28 +46,35 @@ CREATE TEMP TABLE IF NOT EXISTS alert_window (
     auto_resolve  boolean NOT NULL,
     measured_at   timestamptz NOT NULL,
     value         double precision NOT NULL,
-    in_window     boolean NOT NULL,  -- false: a neighbour just outside the touched range
+    in_window     boolean NOT NULL,  -- false: a neighbour outside the touched range
     breach        boolean NOT NULL,
     qualifies     boolean NOT NULL,
     run           bigint NOT NULL,  -- readings of one breach run share it (per patient, rule)
-    run_start     timestamptz  -- first breaching reading of the run (as far as the window sees)
+    run_start     timestamptz,  -- first breaching reading of the run (as far as the window sees)
+    run_end       timestamptz,  -- newest qualifying reading of the run
+    rule_end      timestamptz  -- newest qualifying reading of the (patient, rule) window
 ) ON COMMIT DELETE ROWS;
 
 -- name: fill_window
--- Per touched (patient, metric) and enabled above/below rule: the readings from sustained_for
--- before the touched range to sustained_for after it (a late reading can complete or start a
--- run that later readings belong to), plus the nearest reading on each side, which tells
--- whether a run reaches past the window. Runs are numbered by counting in-range readings.
+-- Per touched (patient, metric) and enabled above/below rule that the new readings can matter
+-- to (one of them breaches, or an alert is active): the readings from the touched range to
+-- sustained_for after it (a late reading can complete a run that later readings belong to),
+-- the nearest reading after that, and two neighbours before the range that tell where the
+-- breach run at its start began: the newest in-range reading of the sustained_for before it
+-- (else the newest reading before that), and the first reading after that one. Runs are
+-- numbered by counting in-range readings. $5/$6: lowest/highest new value (NULL: unknown).
 WITH touched AS (
-    SELECT patient_id, metric_id, min(range_start) AS range_start, max(range_end) AS range_end
-    FROM unnest($1::uuid[], $2::smallint[], $3::timestamptz[], $4::timestamptz[])
-        AS t(patient_id, metric_id, range_start, range_end)
+    SELECT patient_id, metric_id, min(range_start) AS range_start, max(range_end) AS range_end,
+           CASE WHEN bool_and(low IS NOT NULL) THEN min(low) END AS low,
+           CASE WHEN bool_and(high IS NOT NULL) THEN max(high) END AS high
+    FROM unnest($1::uuid[], $2::smallint[], $3::timestamptz[], $4::timestamptz[],
+                $5::float8[], $6::float8[])
+        AS t(patient_id, metric_id, range_start, range_end, low, high)
     GROUP BY patient_id, metric_id
 ), rules AS (
-    SELECT t.patient_id, t.metric_id, r.rule_id, r.kind, r.auto_resolve,
+    SELECT t.patient_id, t.metric_id, t.range_start, t.range_end, r.rule_id, r.kind,
+           r.auto_resolve,
            coalesce(o.threshold, r.threshold) AS threshold,
-           t.range_start - coalesce(o.sustained_for, r.sustained_for) AS window_start,
-           t.range_end + coalesce(o.sustained_for, r.sustained_for) AS window_end,
            coalesce(o.sustained_for, r.sustained_for) AS sustained_for
     FROM touched t
     JOIN rpm.alert_rules r
@@ -72,27 +82,53 @@ WITH touched AS (
     LEFT JOIN rpm.alert_rule_overrides o
       ON o.rule_id = r.rule_id AND o.patient_id = t.patient_id
     WHERE coalesce(o.enabled, r.enabled)
-), seen AS (
-    SELECT ru.*, x.measured_at, x.value, x.in_window,
-           rpm.alert_breaches(ru.kind, ru.threshold, x.value) AS breach
+      AND (t.low IS NULL
+           OR rpm.alert_breaches(r.kind, coalesce(o.threshold, r.threshold),
+                                 CASE r.kind WHEN 'above' THEN t.high ELSE t.low END)
+           OR EXISTS (SELECT 1 FROM rpm.alerts a
+                      WHERE a.patient_id = t.patient_id AND a.rule_id = r.rule_id
+                        AND a.status <> 'resolved'))
+), anchored AS (
+    SELECT ru.*,
+           coalesce(
+               (SELECT r.measured_at FROM rpm.readings r
+                WHERE r.patient_id = ru.patient_id AND r.metric_id = ru.metric_id
+                  AND r.measured_at >= ru.range_start - ru.sustained_for
+                  AND r.measured_at < ru.range_start
+                  AND NOT rpm.alert_breaches(ru.kind, ru.threshold, r.value)
+                ORDER BY r.measured_at DESC LIMIT 1),
+               (SELECT r.measured_at FROM rpm.readings r
+                WHERE r.patient_id = ru.patient_id AND r.metric_id = ru.metric_id
+                  AND r.measured_at < ru.range_start - ru.sustained_for
+                ORDER BY r.measured_at DESC LIMIT 1),
+               '-infinity') AS anchor
     FROM rules ru
+), seen AS (
+    SELECT an.*, x.measured_at, x.value, x.in_window,
+           rpm.alert_breaches(an.kind, an.threshold, x.value) AS breach
+    FROM anchored an
     CROSS JOIN LATERAL (
         SELECT r.measured_at, r.value, true AS in_window
         FROM rpm.readings r
-        WHERE r.patient_id = ru.patient_id AND r.metric_id = ru.metric_id
-          AND r.measured_at BETWEEN ru.window_start AND ru.window_end
+        WHERE r.patient_id = an.patient_id AND r.metric_id = an.metric_id
+          AND r.measured_at BETWEEN an.range_start AND an.range_end + an.sustained_for
+        UNION ALL
+        SELECT r.measured_at, r.value, false
+        FROM rpm.readings r
+        WHERE r.patient_id = an.patient_id AND r.metric_id = an.metric_id
+          AND r.measured_at = an.anchor
         UNION ALL
         (SELECT r.measured_at, r.value, false
          FROM rpm.readings r
-         WHERE r.patient_id = ru.patient_id AND r.metric_id = ru.metric_id
-           AND r.measured_at < ru.window_start
-         ORDER BY r.measured_at DESC
+         WHERE r.patient_id = an.patient_id AND r.metric_id = an.metric_id
+           AND r.measured_at > an.anchor AND r.measured_at < an.range_start
+         ORDER BY r.measured_at
          LIMIT 1)
         UNION ALL
         (SELECT r.measured_at, r.value, false
          FROM rpm.readings r
-         WHERE r.patient_id = ru.patient_id AND r.metric_id = ru.metric_id
-           AND r.measured_at > ru.window_end
+         WHERE r.patient_id = an.patient_id AND r.metric_id = an.metric_id
+           AND r.measured_at > an.range_end + an.sustained_for
          ORDER BY r.measured_at
          LIMIT 1)
     ) x
@@ -108,17 +144,24 @@ WITH touched AS (
     SELECT *, min(measured_at) FILTER (WHERE breach) OVER (PARTITION BY patient_id, rule_id, run)
                   AS run_start
     FROM numbered
+), qualified AS (
+    SELECT *, breach AND run_start <= measured_at - sustained_for AS qualifies
+    FROM runs
 )
 INSERT INTO alert_window (patient_id, rule_id, metric_id, kind, threshold, auto_resolve,
-                          measured_at, value, in_window, breach, qualifies, run, run_start)
+                          measured_at, value, in_window, breach, qualifies, run, run_start,
+                          run_end, rule_end)
 SELECT patient_id, rule_id, metric_id, kind, threshold, auto_resolve, measured_at, value,
-       in_window, breach, breach AND run_start <= measured_at - sustained_for, run, run_start
-FROM runs;
+       in_window, breach, qualifies, run, run_start,
+       max(measured_at) FILTER (WHERE qualifies) OVER (PARTITION BY patient_id, rule_id, run),
+       max(measured_at) FILTER (WHERE qualifies) OVER (PARTITION BY patient_id, rule_id)
+FROM qualified;
 
 -- name: extend_active_alerts
--- Active alerts absorb the qualifying readings of their own run (no in-range reading between
--- the reading and the alert's span); alerts without auto-resolve absorb every qualifying
--- reading that no resolved alert covers. Counts and extremes are recomputed over the span.
+-- Active alerts, and alerts the engine auto-resolved, absorb the qualifying readings of their
+-- own run (no in-range reading between the reading and the alert's span); active alerts
+-- without auto-resolve absorb every qualifying reading that no resolved alert covers. Counts and extremes grow by the breaching readings
+-- of the newly covered time; a late reading inside the span makes them recounted over it.
 WITH rules AS (
     SELECT DISTINCT patient_id, rule_id, metric_id, kind, threshold, auto_resolve
     FROM alert_window
@@ -135,49 +178,77 @@ WITH rules AS (
               AND NOT rpm.alert_breaches(ru.kind, ru.threshold, r.value)
             ORDER BY r.measured_at DESC LIMIT 1) AS in_range_before
     FROM rules ru
+    -- Alerts the engine resolved are history it still completes: a late breaching reading of
+    -- their run extends them. What a person resolved stays as they closed it.
     JOIN rpm.alerts a
-      ON a.patient_id = ru.patient_id AND a.rule_id = ru.rule_id AND a.status <> 'resolved'
+      ON a.patient_id = ru.patient_id AND a.rule_id = ru.rule_id
+     AND (a.status <> 'resolved' OR (a.resolution = 'auto' AND ru.auto_resolve))
 ), absorbed AS (
     SELECT act.alert_id, act.patient_id, act.metric_id, act.kind, act.threshold,
+           act.first_breach_at AS old_first, act.last_breach_at AS old_last,
            least(act.first_breach_at, min(w.run_start)) AS first_breach_at,
-           greatest(act.last_breach_at, max(w.measured_at)) AS last_breach_at
+           greatest(act.last_breach_at, max(w.measured_at)) AS last_breach_at,
+           -- A new breaching reading inside the span (qualifying or not): recount the span.
+           EXISTS (SELECT 1 FROM alert_window x
+                   WHERE x.patient_id = act.patient_id AND x.rule_id = act.rule_id
+                     AND x.in_window AND x.breach
+                     AND x.measured_at BETWEEN act.first_breach_at AND act.last_breach_at)
+               AS inside
     FROM active act
-    JOIN alert_window w
+    LEFT JOIN alert_window w
       ON w.patient_id = act.patient_id AND w.rule_id = act.rule_id
      AND w.qualifies AND w.in_window
-    WHERE CASE WHEN act.auto_resolve
-               THEN (act.in_range_before IS NULL OR w.measured_at > act.in_range_before)
-                    AND (act.in_range_after IS NULL OR w.measured_at < act.in_range_after)
-               ELSE NOT EXISTS (
-                   SELECT 1 FROM rpm.alerts old
-                   WHERE old.patient_id = act.patient_id AND old.rule_id = act.rule_id
-                     AND old.status = 'resolved'
-                     AND w.measured_at BETWEEN old.first_breach_at AND old.last_breach_at)
-          END
+     AND CASE WHEN act.auto_resolve
+              THEN (act.in_range_before IS NULL OR w.measured_at > act.in_range_before)
+                   AND (act.in_range_after IS NULL OR w.measured_at < act.in_range_after)
+              ELSE NOT EXISTS (
+                  SELECT 1 FROM rpm.alerts old
+                  WHERE old.patient_id = act.patient_id AND old.rule_id = act.rule_id
+                    AND old.status = 'resolved'
+                    AND w.measured_at BETWEEN old.first_breach_at AND old.last_breach_at)
+         END
     GROUP BY act.alert_id, act.patient_id, act.metric_id, act.kind, act.threshold,
-             act.first_breach_at, act.last_breach_at
+             act.first_breach_at, act.last_breach_at, act.rule_id
+), counted AS (
+    -- Breaching readings of the time newly covered (all of the span after a late reading
+    -- inside it): evaluating the same readings again adds nothing.
+    SELECT ab.*, s.breaches, s.peak, s.newest_value
+    FROM absorbed ab
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS breaches,
+               CASE ab.kind WHEN 'above' THEN max(r.value) ELSE min(r.value) END AS peak,
+               (array_agg(r.value ORDER BY r.measured_at DESC))[1] AS newest_value
+        FROM rpm.readings r
+        WHERE r.patient_id = ab.patient_id AND r.metric_id = ab.metric_id
+          AND r.measured_at BETWEEN ab.first_breach_at AND ab.last_breach_at
+          AND (ab.inside OR r.measured_at < ab.old_first OR r.measured_at > ab.old_last)
+          AND rpm.alert_breaches(ab.kind, ab.threshold, r.value)
+    ) s
+    WHERE ab.inside OR ab.first_breach_at < ab.old_first OR ab.last_breach_at > ab.old_last
 )
 UPDATE rpm.alerts a
-SET first_breach_at = ab.first_breach_at,
-    last_breach_at = ab.last_breach_at,
-    breach_count = greatest(s.breaches, 1),
-    peak_value = s.peak,
-    last_value = s.last_value
-FROM absorbed ab
-CROSS JOIN LATERAL (
-    SELECT count(*) AS breaches,
-           CASE ab.kind WHEN 'above' THEN max(r.value) ELSE min(r.value) END AS peak,
-           (array_agg(r.value ORDER BY r.measured_at DESC))[1] AS last_value
-    FROM rpm.readings r
-    WHERE r.patient_id = ab.patient_id AND r.metric_id = ab.metric_id
-      AND r.measured_at BETWEEN ab.first_breach_at AND ab.last_breach_at
-      AND rpm.alert_breaches(ab.kind, ab.threshold, r.value)
-) s
-WHERE a.alert_id = ab.alert_id AND a.status <> 'resolved'
+SET first_breach_at = c.first_breach_at,
+    last_breach_at = c.last_breach_at,
+    breach_count = CASE WHEN c.inside THEN greatest(c.breaches, 1)
+                        ELSE a.breach_count + c.breaches END,
+    peak_value = CASE WHEN c.inside OR a.peak_value IS NULL THEN c.peak
+                      WHEN c.kind = 'above' THEN greatest(a.peak_value, c.peak)
+                      ELSE least(a.peak_value, c.peak) END,
+    last_value = CASE WHEN c.last_breach_at > c.old_last OR c.inside THEN c.newest_value
+                      ELSE a.last_value END
+FROM counted c
+WHERE a.alert_id = c.alert_id
+  AND (a.status <> 'resolved' OR a.resolution = 'auto')
   -- Only real changes: evaluating the same readings again writes nothing.
   AND (a.first_breach_at, a.last_breach_at, a.breach_count, a.peak_value, a.last_value)
       IS DISTINCT FROM
-      (ab.first_breach_at, ab.last_breach_at, greatest(s.breaches, 1), s.peak, s.last_value)
+      (c.first_breach_at, c.last_breach_at,
+       CASE WHEN c.inside THEN greatest(c.breaches, 1) ELSE a.breach_count + c.breaches END,
+       CASE WHEN c.inside OR a.peak_value IS NULL THEN c.peak
+            WHEN c.kind = 'above' THEN greatest(a.peak_value, c.peak)
+            ELSE least(a.peak_value, c.peak) END,
+       CASE WHEN c.last_breach_at > c.old_last OR c.inside THEN c.newest_value
+            ELSE a.last_value END)
 RETURNING a.alert_id;
 
 -- name: resolve_back_in_range
@@ -218,7 +289,18 @@ SELECT alert_id FROM resolved;
 -- is over: it is recorded as opened and auto-resolved at once. Every new alert keeps a
 -- snapshot of the rule and the thresholds (override included) that fired it.
 WITH uncovered AS (
-    SELECT w.*
+    -- A run that reaches into an alert a person resolved starts (or ends) a new alert at its
+    -- first (last) qualifying reading outside that alert, so alerts never overlap.
+    SELECT w.*,
+           EXISTS (SELECT 1 FROM rpm.alerts a
+                   WHERE a.patient_id = w.patient_id AND a.rule_id = w.rule_id
+                     AND w.run_start BETWEEN a.first_breach_at AND a.last_breach_at)
+               AS start_covered,
+           EXISTS (SELECT 1 FROM rpm.alerts a
+                   WHERE a.patient_id = w.patient_id AND a.rule_id = w.rule_id
+                     AND CASE WHEN w.auto_resolve THEN w.run_end ELSE w.rule_end END
+                         BETWEEN a.first_breach_at AND a.last_breach_at)
+               AS end_covered
     FROM alert_window w
     WHERE w.qualifies AND w.in_window
       AND NOT EXISTS (
@@ -231,19 +313,15 @@ WITH uncovered AS (
           WHERE a.patient_id = w.patient_id AND a.rule_id = w.rule_id
             AND a.status <> 'resolved' AND NOT w.auto_resolve)
 ), episodes AS (
+    -- The run's newest qualifying reading may lie just past the window.
     SELECT patient_id, rule_id, metric_id, kind, threshold, auto_resolve,
            CASE WHEN auto_resolve THEN run END AS run,
-           min(run_start) AS first_breach_at
+           min(CASE WHEN start_covered THEN measured_at ELSE run_start END) AS first_breach_at,
+           max(CASE WHEN end_covered THEN measured_at
+                    WHEN auto_resolve THEN run_end ELSE rule_end END) AS last_breach_at
     FROM uncovered
     GROUP BY patient_id, rule_id, metric_id, kind, threshold, auto_resolve,
              CASE WHEN auto_resolve THEN run END
-), spans AS (
-    -- The run's newest breaching reading, including one just past the window.
-    SELECT e.*,
-           (SELECT max(w.measured_at) FROM alert_window w
-            WHERE w.patient_id = e.patient_id AND w.rule_id = e.rule_id AND w.breach
-              AND (NOT e.auto_resolve OR w.run = e.run)) AS last_breach_at
-    FROM episodes e
 ), classified AS (
     SELECT sp.*,
            sp.auto_resolve AND EXISTS (
@@ -251,7 +329,7 @@ WITH uncovered AS (
                WHERE r.patient_id = sp.patient_id AND r.metric_id = sp.metric_id
                  AND r.measured_at > sp.last_breach_at
                  AND NOT rpm.alert_breaches(sp.kind, sp.threshold, r.value)) AS over
-    FROM spans sp
+    FROM episodes sp
 ), inserted AS (
     INSERT INTO rpm.alerts (rule_id, patient_id, status, severity, rule_snapshot,
                             first_breach_at, last_breach_at, last_value, peak_value,
