@@ -21,3 +21,7 @@ class SliceChangedError(RetentionError):
 
 class RestoreError(RetentionError):
     """An archived range could not be restored."""
+
+
+class RechunkInProgressError(RetentionError):
+    """A re-chunk or repartition of a table is in progress: nothing is dropped meanwhile."""

@@ -26,7 +26,7 @@ import psycopg
 from psycopg import errors, sql
 
 from retention.archive import ArchivedSlice, ArchiveStore, SliceSpec, export_slice, slice_checksum
-from retention.errors import RetentionError, SliceChangedError
+from retention.errors import RechunkInProgressError, RetentionError, SliceChangedError
 from retention.plan import Plan, SliceWork, build_plan, rollup_gate, rollups_block
 from retention.targets import Q, resolve
 
@@ -108,6 +108,7 @@ def run_retention(conn: psycopg.Connection, options: RetentionOptions) -> RunRes
     run_id = _start_run(conn, "run", options.operator, as_of, options.archive_url)
     result = RunResult(run_id=run_id, outcome="running", plan=None)
     try:
+        _refuse_during_rechunk(conn)
         result.plan = build_plan(conn, as_of=as_of)
         store: ArchiveStore | RetentionError
         try:
@@ -126,6 +127,16 @@ def run_retention(conn: psycopg.Connection, options: RetentionOptions) -> RunRes
     finally:
         _finish_run(conn, result)
     return result
+
+
+def _refuse_during_rechunk(conn: psycopg.Connection) -> None:
+    active = conn.execute(Q["active_rechunks"]).fetchall()
+    if active:
+        runs = ", ".join(f"run {run} of {target} ({state})" for run, target, state in active)
+        raise RechunkInProgressError(
+            f"a re-chunk is in progress ({runs}): finish it with 'rpmstore rechunk finalize' "
+            "or 'rpmstore rechunk rollback' before running retention; nothing was dropped"
+        )
 
 
 def _carry_out(

@@ -263,3 +263,11 @@ RETURNING hold_id;
 SELECT hold_id, patient_id, reason, placed_by, placed_at, released_by, released_at
 FROM rpm.legal_holds
 ORDER BY hold_id;
+
+-- name: active_rechunks
+-- Re-chunk / repartition runs not yet finalized or rolled back: their verification compares
+-- source and target chunk by chunk, so retention must not drop chunks under them.
+SELECT run_id, format('%%I.%%I', table_schema, table_name) AS target, state
+FROM rpm.rechunk_runs
+WHERE state IN ('copying', 'cut_over')
+ORDER BY run_id;

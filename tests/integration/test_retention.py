@@ -13,6 +13,7 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
+from retention.errors import RechunkInProgressError
 from retention.holds import place_hold, release_hold
 from retention.plan import build_plan
 from retention.restore import restore_range
@@ -412,3 +413,23 @@ def test_rollup_tables_follow_their_own_policy(conn: psycopg.Connection, tmp_pat
     assert conn.execute("SELECT count(*) FROM rpm.rollup_1m").fetchone() == (0,)
     restore_range(conn, start=old, end=AS_OF, operator="dr-ops", target=("rpm", "rollup_1m"))
     assert conn.execute("SELECT * FROM rpm.rollup_1m ORDER BY bucket_start").fetchall() == before
+
+
+@pytest.mark.usefixtures("data")
+def test_no_drop_while_a_rechunk_is_in_progress(conn: psycopg.Connection, tmp_path: Path) -> None:
+    # A re-chunk verifies source against target chunk by chunk: dropping under it would fail
+    # the migration (and its rollback would resurrect nothing). Retention refuses to start.
+    before = conn.execute(STORED_ROWS).fetchall()
+    assert build_plan(conn, as_of=AS_OF).slices, "the data has chunks due"
+    conn.execute(
+        "INSERT INTO rpm.rechunk_runs (kind, table_schema, table_name, shadow_name, "
+        "retired_name, source_dimensions, target_dimensions, operator) "
+        "VALUES ('rechunk', 'rpm', 'readings', 'readings_new', 'readings_old', '[]', '[]', 't')"
+    )
+    with pytest.raises(RechunkInProgressError, match="re-chunk is in progress"):
+        run_retention(conn, options(tmp_path / "archive"))
+    assert conn.execute(STORED_ROWS).fetchall() == before
+    (outcome,) = conn.execute(
+        "SELECT outcome FROM rpm.retention_runs ORDER BY run_id DESC LIMIT 1"
+    ).fetchone()  # type: ignore[misc]
+    assert outcome == "failed"
