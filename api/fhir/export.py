@@ -104,13 +104,22 @@ def _bounds(value: str) -> tuple[datetime, datetime]:
     return moment, moment + _ONE_US
 
 
+def _clamped_bounds(value: str) -> tuple[datetime, datetime]:
+    try:
+        low, high = _bounds(value)
+    except OverflowError:
+        raise SearchParameterError(f"date {value!r} is out of range") from None
+    return max(low, _FAR_PAST), min(high, _FAR_FUTURE)
+
+
 def parse_dates(values: Sequence[str]) -> TimeRange:
     """``date=ge2026-11-24&date=lt2026-11-25T06:00:00Z`` as one half-open range (ANDed)."""
     start, end = _FAR_PAST, _FAR_FUTURE
     for raw in values:
         match = _DATE_PARAM.fullmatch(raw)
-        assert match is not None  # ".+" matches any non-empty value
-        prefix, lo_hi = match[1] or "eq", _bounds(match[2])
+        if match is None:
+            raise SearchParameterError("date must not be empty")
+        prefix, lo_hi = match[1] or "eq", _clamped_bounds(match[2])
         low, high = lo_hi
         if prefix in ("eq", "ge"):
             start = max(start, low)

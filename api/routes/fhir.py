@@ -22,7 +22,7 @@ from api.deps import AdminUser, ApiPoolDep, CareUser, IngestDep, RouteDep
 from api.fhir import export, importer
 from api.fhir.resources import FHIR_JSON, fhir_response, now_instant, outcome_response
 from api.pagination import decode_cursor, encode_cursor
-from api.routes.readings import COMMIT_TIMEOUT_S, _read_at_most
+from api.routes.readings import COMMIT_TIMEOUT_S
 from ingest import BufferFullError, DatabaseUnavailableError
 from schema.sql import queries
 
@@ -54,6 +54,17 @@ Dates = Annotated[
     list[str] | None,
     Query(description="Repeatable: `ge`/`gt`/`le`/`lt`/`eq` + FHIR date or dateTime with offset"),
 ]
+
+
+async def _read_at_most(request: Request, limit: int) -> bytes:
+    """The body, cut after ``limit`` bytes (an oversize bundle is never buffered whole)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        chunks.append(chunk[: limit - size])
+        size += len(chunks[-1])
+        if size >= limit:
+            break
+    return b"".join(chunks)
 
 
 async def _catalogue(cur: Any) -> export.MetricCatalogue:

@@ -79,7 +79,8 @@ class Ward:
         return [
             (row[0], row[1], bytes(row[2]))
             for row in self.owner.execute(
-                "SELECT reason, detail, raw_payload FROM rpm.ingest_quarantine ORDER BY quarantine_id"
+                "SELECT reason, detail, raw_payload FROM rpm.ingest_quarantine "
+                "ORDER BY quarantine_id"
             ).fetchall()
         ]
 
