@@ -460,3 +460,28 @@ def test_search_parameters_are_checked(ward: Ward) -> None:
         assert response.status_code in (400, 422), params
         if response.status_code == 400:
             OperationOutcome.model_validate(response.json())
+
+
+def test_the_database_scopes_the_export_function(ward: Ward, api_db_url: str) -> None:
+    """The API role reads readings only through the definer function, and only in scope."""
+    _insert(ward, ward.b, [(NOW - timedelta(minutes=5), 97.0, SPO2, None, "b-1")])
+    call = (
+        "SELECT count(*) FROM rpm.fhir_patient_readings("
+        "%s, NULL, '-infinity', 'infinity', NULL, NULL, NULL, 100)"
+    )
+    acting = (
+        "SELECT set_config('rpm.acting_subject', %s, true), "
+        "set_config('rpm.acting_roles', 'clinician', true), "
+        "set_config('rpm.acting_care_teams', %s, true)"
+    )
+    with psycopg.connect(api_db_url) as api:
+        # Nobody acting: nothing, not an error that would tell the patient exists.
+        assert api.execute(call, (ward.b.patient_id,)).fetchone() == (0,)
+        api.execute(acting, (ward.a.clinician, str(ward.a.care_team_id)))
+        assert api.execute(call, (ward.b.patient_id,)).fetchone() == (0,)
+        api.rollback()
+        api.execute(acting, (ward.b.clinician, str(ward.b.care_team_id)))
+        assert api.execute(call, (ward.b.patient_id,)).fetchone() == (1,)
+        api.rollback()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            api.execute("SELECT count(*) FROM rpm.readings")
