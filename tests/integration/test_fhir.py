@@ -271,6 +271,11 @@ def test_reimport_stores_nothing_new_and_a_changed_value_is_a_quarantined_confli
     assert _statuses(again) == ["200 OK"] * 2
     assert ward.readings() == stored
     assert ward.quarantine() == []
+    # Counted as duplicates (the panel's two halves each), labelled as FHIR imports.
+    metrics = ward.client.get("/metrics").text
+    assert (
+        'rpmstore_ingest_readings_total{outcome="duplicate",reason="",source="fhir"} 3.0' in metrics
+    )
 
     changed = copy.deepcopy(bundle)
     changed["entry"][0]["resource"]["valueQuantity"]["value"] = 91.0
@@ -295,6 +300,8 @@ def test_patient_identity_is_never_guessed(ward: Ward) -> None:
     ward.owner.execute(INSERT_IDENTIFIER, (ward.a.patient_id, MRN, "MRN-shared"))
     no_device = _observation(ward.a, "x-3", "8867-4", 70.0, "/min", _time(5))
     del no_device["device"]
+    unknown_device = _observation(ward.a, "x-7", "8867-4", 70.0, "/min", _time(5))
+    unknown_device["device"] = {"reference": f"Device/{uuid.uuid4()}"}
     bundle = _bundle(
         "batch",
         _observation(ward.a, "x-1", "8867-4", 70.0, "/min", _time(5), mrn="MRN-shared"),
@@ -303,14 +310,15 @@ def test_patient_identity_is_never_guessed(ward: Ward) -> None:
         # Bravo's MRN with alpha's device: the device was not bravo's at that time.
         _observation(ward.a, "x-4", "8867-4", 70.0, "/min", _time(5), mrn=ward.b.mrn),
         _observation(ward.a, "x-5", "8867-4", 250.0, "[degF]", _time(5)),
+        unknown_device,
         _observation(ward.a, "x-6", "8867-4", 72.0, "/min", _time(6)),
     )
     answer = ward.post(bundle).json()
     Bundle.model_validate(answer)
-    assert _statuses(answer) == ["422 Unprocessable Entity"] * 5 + ["201 Created"]
+    assert _statuses(answer) == ["422 Unprocessable Entity"] * 6 + ["201 Created"]
     reasons = [
         entry["response"]["outcome"]["issue"][0]["diagnostics"].split(":")[0]
-        for entry in answer["entry"][:5]
+        for entry in answer["entry"][:6]
     ]
     assert reasons == [
         "ambiguous_patient",
@@ -318,8 +326,9 @@ def test_patient_identity_is_never_guessed(ward: Ward) -> None:
         "missing_device",
         "patient_mismatch",
         "unconvertible_unit",
+        "unknown_device",
     ]
-    for entry in answer["entry"][:5]:
+    for entry in answer["entry"][:6]:
         OperationOutcome.model_validate(entry["response"]["outcome"])
     quarantined = ward.quarantine()
     assert sorted(r for r, _, _ in quarantined) == sorted(reasons)
