@@ -20,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from api.access import NotVisibleError, check_api_role
 from api.auth import AuthConfig
-from api.routes import admin, alerts, audit, health, patients, readings
+from api.routes import admin, alerts, audit, fhir, health, patients, readings
 from ingest import IngestLimits, open_ingest_runtime
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ def create_app(
         alerts.router,
         admin.router,
         audit.router,
+        fhir.router,
     ):
         app.include_router(router)
 

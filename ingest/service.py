@@ -158,6 +158,32 @@ class IngestService:
         )
         self._metrics.readings.labels(source, "quarantined", reason).inc()
 
+    async def quarantine(
+        self,
+        raw: bytes,
+        *,
+        source: Source,
+        reason: str,
+        detail: str,
+        claimed_device: str | None = None,
+    ) -> None:
+        """Quarantine ``raw`` whole with a caller's ``reason``; return after COMMIT.
+
+        For transports that refuse something before it reaches decoding (the FHIR import: an
+        unknown or ambiguous patient identifier), so that it is kept and counted like any other
+        rejected payload. ``reason`` must be snake_case (the quarantine's CHECK).
+        """
+        base = IngestRequest(
+            readings=(),
+            reading_indexes=(),
+            quarantine=(),
+            raw_payload=raw,
+            received_at=time.time(),
+            claimed_device=claimed_device,
+            topic=None,
+        )
+        await self._quarantine_whole(base, source, reason, detail)
+
     def _count(self, source: Source, outcome: IngestOutcome, rejected: list[Rejection]) -> None:
         readings = self._metrics.readings
         readings.labels(source, "stored", "").inc(outcome.stored)
