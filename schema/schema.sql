@@ -628,7 +628,15 @@ CREATE FUNCTION rpm.vitals_timeline(
     last double precision,
     last_at timestamptz
 )
-    LANGUAGE plpgsql STABLE SECURITY INVOKER PARALLEL SAFE AS
+    LANGUAGE plpgsql STABLE SECURITY INVOKER PARALLEL SAFE
+    -- A timeline reads a few rows of one patient, but the planner cannot see that the on-the-fly
+    -- tail (readings after the watermark) is small and starts parallel workers, which cost more
+    -- (about 15 ms) than the whole query. Planning the nested rollup views over their
+    -- hypertables costs more than running them (2-3 ms), and the plan does not depend on the
+    -- arguments (index ranges on patient, metric and time), so it is planned once per session.
+    SET max_parallel_workers_per_gather = 0
+    SET plan_cache_mode = force_generic_plan
+AS
 $$
 #variable_conflict use_column
 DECLARE
