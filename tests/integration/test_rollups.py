@@ -61,6 +61,8 @@ class Bucket:
 
 
 Key = tuple[uuid.UUID, int, datetime]  # patient, metric, bucket start
+# The command must not depend on whatever local stack this machine runs (its state file).
+NO_LOCAL_STACK = "rollups-tests-no-stack"
 
 
 def reading(
@@ -493,6 +495,7 @@ def test_rollups_refresh_command_uses_the_settings(
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", db_url)
     monkeypatch.setenv("MQTT_URL", "mqtt://unused@127.0.0.1:1")
+    monkeypatch.setenv("RPMSTORE_INSTANCE", NO_LOCAL_STACK)
     monkeypatch.setenv("RPMSTORE_ROLLUP_RAW_HORIZON", "P10D")
     patient = uuid.uuid4()
     ingest(db_url, [reading(patient, SPO2, BASE + timedelta(hours=2), 96.0)])
@@ -512,7 +515,12 @@ def test_rollups_refresh_command_uses_the_settings(
 def test_rollups_refresh_loop_stops_on_sigterm(db_url: str) -> None:
     with subprocess.Popen(
         [sys.executable, "-m", "rpmstore.cli", "rollups", "refresh", "--loop", "--interval", "0.1"],
-        env={**os.environ, "DATABASE_URL": db_url, "MQTT_URL": "mqtt://unused@127.0.0.1:1"},
+        env={
+            **os.environ,
+            "DATABASE_URL": db_url,
+            "MQTT_URL": "mqtt://unused@127.0.0.1:1",
+            "RPMSTORE_INSTANCE": NO_LOCAL_STACK,
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
