@@ -116,9 +116,14 @@ BEGIN
                                     PRIMARY KEY (patient_id, metric_id, bucket_start));
         CREATE TABLE rpm.rollup_1d (LIKE rpm.rollup_1m INCLUDING CONSTRAINTS,
                                     PRIMARY KEY (patient_id, metric_id, bucket_start));
-        -- Plain tables: a timeline reads one patient's rows through the primary key, and the
-        -- minute level holds a fraction of the raw rows. (Retention of rollups, when it comes,
-        -- may make them hypertables to drop old rollups by chunk.)
+        -- Hypertables so retention can later drop old rollups by chunk, like raw readings.
+        -- Chunks hold about as many rows as a raw chunk would for minute-level data.
+        PERFORM create_hypertable('rpm.rollup_1m', by_range('bucket_start', INTERVAL '28 days'),
+                                  create_default_indexes => false);
+        PERFORM create_hypertable('rpm.rollup_1h', by_range('bucket_start', INTERVAL '365 days'),
+                                  create_default_indexes => false);
+        PERFORM create_hypertable('rpm.rollup_1d', by_range('bucket_start', INTERVAL '3650 days'),
+                                  create_default_indexes => false);
 
         -- The same columns, in the same order, as the continuous aggregates of the TSL edition.
         CREATE VIEW rpm.readings_1m AS
@@ -191,15 +196,7 @@ CREATE FUNCTION rpm.vitals_timeline(
     last double precision,
     last_at timestamptz
 )
-    LANGUAGE plpgsql STABLE SECURITY INVOKER PARALLEL SAFE
-    -- A timeline reads a few rows of one patient, but the planner cannot see that the on-the-fly
-    -- tail (readings after the watermark) is small and starts parallel workers, which cost more
-    -- (about 15 ms) than the whole query. Planning the nested rollup views and the chunks of
-    -- the readings hypertable costs more than running them (2-3 ms), and the plan does not
-    -- depend on the arguments (index ranges on patient, metric and time): plan once a session.
-    SET max_parallel_workers_per_gather = 0
-    SET plan_cache_mode = force_generic_plan
-AS
+    LANGUAGE plpgsql STABLE SECURITY INVOKER PARALLEL SAFE AS
 $$
 #variable_conflict use_column
 DECLARE
