@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -79,6 +79,9 @@ RETRYABLE_DATABASE_ERRORS = (
     asyncpg.exceptions.InternalClientError,
 )
 ACCEPTED_SYNCHRONOUS_COMMIT = ("on", "remote_apply")
+# Optional post-commit hook (alerting): called with the readings of each committed batch, one
+# sequence per request, after its callers were answered. It must return at once and never raise.
+PostCommitHook = Callable[[Sequence[Sequence[ValidatedReading]]], None]
 
 
 def _refuses_the_data(error: asyncpg.PostgresError) -> bool:
@@ -173,8 +176,10 @@ class GroupCommitter:
         workers: int = 2,
         max_backoff_s: float = 5.0,
         metrics: IngestMetrics | None = None,
+        post_commit: PostCommitHook | None = None,
     ) -> None:
         self._pool = pool
+        self._post_commit = post_commit
         self._source = source
         self._max_batch_rows = max_batch_rows
         self._max_delay_s = max_delay_s
@@ -262,6 +267,8 @@ class GroupCommitter:
                 for pending, outcome in zip(batch, outcomes, strict=True):
                     if not pending.future.done():
                         pending.future.set_result(outcome)
+                if self._post_commit is not None:  # alerting; queues only, after the answers
+                    self._post_commit([pending.request.readings for pending in batch])
             except Exception as exc:  # answered to every waiting caller, never swallowed
                 log.exception("ingest batch failed permanently")
                 for pending in batch:
