@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -415,15 +416,27 @@ def add_commands(
     )
 
     def print_report(report: RefreshReport) -> None:
+        if not report.ran:
+            print("rollups: another refresher is running", flush=True)  # noqa: T201 - output
+            return
+        horizon = report.horizon_start.isoformat() if report.horizon_start else "-"
         threshold = report.threshold.isoformat() if report.threshold else "-"
         print(  # noqa: T201 - the command's output
-            f"rollups ({report.edition}): up to {threshold}, "
+            f"rollups ({report.edition}): {horizon} to {threshold}, "
             f"{report.invalidations} invalidations, rows written {dict(report.rows_written)}, "
-            f"{report.seconds:.2f} s"
+            f"{report.seconds:.2f} s",
+            flush=True,  # --loop writes one line per refresh to a pipe or a log
         )
 
     def run(settings: S, args: argparse.Namespace) -> int:
         horizon, lag = settings.rollup_raw_horizon, settings.rollup_refresh_lag
+        if horizon - lag < _MIN_WINDOW:
+            print(  # noqa: T201 - the command's error
+                f"rpmstore: error: RPMSTORE_ROLLUP_RAW_HORIZON ({horizon}) must exceed "
+                f"RPMSTORE_ROLLUP_REFRESH_LAG ({lag}) by at least {_MIN_WINDOW.days} days",
+                file=sys.stderr,
+            )
+            return 2
         url = database_url(settings)
         if not args.loop:
             with psycopg.connect(url, autocommit=True) as conn:

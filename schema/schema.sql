@@ -1313,3 +1313,15 @@ GRANT EXECUTE ON FUNCTION
     rpm.fhir_patient_readings(uuid, smallint[], timestamptz, timestamptz, timestamptz, uuid,
                               text, integer)
     TO rpmstore_api;
+
+-- ---------------------------------------------------------------------------------------------
+-- Timeline plans (migration 0010): rpm.vitals_timeline without parallel workers and with a
+-- generic plan. A timeline reads a few rows of one patient, but the planner cannot see that the
+-- on-the-fly tail of the rollup views is small and starts parallel workers, which cost more
+-- (about 15 ms) than the whole query; planning the nested rollup views and the readings chunks
+-- costs more than running them (2-3 ms), and the plan does not depend on the arguments.
+-- ---------------------------------------------------------------------------------------------
+ALTER FUNCTION rpm.vitals_timeline(uuid, smallint, timestamptz, timestamptz, text)
+    SET max_parallel_workers_per_gather = 0;
+ALTER FUNCTION rpm.vitals_timeline(uuid, smallint, timestamptz, timestamptz, text)
+    SET plan_cache_mode = force_generic_plan;

@@ -53,7 +53,11 @@ WHERE n.nspname = ANY (%(schemas)s)
 ORDER BY 1, 2, 3;
 
 -- name: views
-SELECT schemaname, viewname, definition
+-- Continuous aggregates' views (TSL) name their materialization by internal id, which changes
+-- when they are dropped and created again: compare the definitions without it.
+SELECT schemaname, viewname,
+       regexp_replace(definition, '(_materialized_hypertable_|cagg_watermark\()[0-9]+', '\1N',
+                      'g')
 FROM pg_views
 WHERE schemaname = ANY (%(schemas)s)
 ORDER BY 1, 2;

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -25,6 +29,7 @@ from psycopg.rows import class_row
 
 from ingest.committer import GroupCommitter, IngestRequest
 from ingest.store import ValidatedReading
+from rpmstore.cli import main
 from schema.edition import detect_edition
 from schema.migrate import LOCK_CLASS
 from schema.rollups import (
@@ -56,6 +61,8 @@ class Bucket:
 
 
 Key = tuple[uuid.UUID, int, datetime]  # patient, metric, bucket start
+# The command must not depend on whatever local stack this machine runs (its state file).
+NO_LOCAL_STACK = "rollups-tests-no-stack"
 
 
 def reading(
@@ -481,3 +488,48 @@ def test_refresher_waits_for_ingest_batches_that_read_the_old_threshold(
         refresh(db_url)
     minute = stored(conn, "1m")[(patient, SPO2, in_flight_at.replace(second=0, microsecond=0))]
     assert (minute.count, minute.last) == (1, 93.0)
+
+
+def test_rollups_refresh_command_uses_the_settings(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("MQTT_URL", "mqtt://unused@127.0.0.1:1")
+    monkeypatch.setenv("RPMSTORE_INSTANCE", NO_LOCAL_STACK)
+    monkeypatch.setenv("RPMSTORE_ROLLUP_RAW_HORIZON", "P10D")
+    patient = uuid.uuid4()
+    ingest(db_url, [reading(patient, SPO2, BASE + timedelta(hours=2), 96.0)])
+
+    def horizon() -> datetime:  # the first UTC midnight after now - 10 days
+        return datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - 9 * DAY
+
+    before = horizon()
+    assert main(["rollups", "refresh"]) == 0
+    out = capsys.readouterr().out
+    # (read before and after, in case the run straddles midnight)
+    assert any(f": {h.isoformat()} to " in out for h in (before, horizon())), out
+    with psycopg.connect(db_url) as conn:
+        assert stored(conn, "1d")[(patient, SPO2, BASE)].count == 1
+
+
+def test_rollups_refresh_loop_stops_on_sigterm(db_url: str) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "rpmstore.cli", "rollups", "refresh", "--loop", "--interval", "0.1"],
+        env={
+            **os.environ,
+            "DATABASE_URL": db_url,
+            "MQTT_URL": "mqtt://unused@127.0.0.1:1",
+            "RPMSTORE_INSTANCE": NO_LOCAL_STACK,
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as loop:
+        try:
+            assert loop.stdout is not None
+            lines = [loop.stdout.readline() for _ in range(2)]
+            assert all(line.startswith("rollups (") for line in lines), lines
+            loop.send_signal(signal.SIGTERM)
+            assert loop.wait(timeout=60) == 0
+        finally:
+            loop.kill()
