@@ -305,11 +305,24 @@ def _materialize(
             return
         day = ROLLUP_WIDTHS["1d"]
         until = min(target, _EPOCH + ((start - _EPOCH) // day + 1) * day)
-        params = {"until": until, "horizon_start": horizon_start}
+        params = {
+            "until": until,
+            "from_1m": start,
+            # A coarser bucket starts at the bucket of the progress mark (it was incomplete
+            # then), never before the horizon.
+            "from_1h": start if progress is None else max(_floor(progress, "1h"), horizon_start),
+            "from_1d": start if progress is None else max(_floor(progress, "1d"), horizon_start),
+        }
         with conn.transaction():
             for level in _LEVELS:
                 written[level] += conn.execute(_q(f"materialize_{level}"), params).rowcount
             conn.execute(_q("set_progress"), {"until": until})
+
+
+def _floor(at: datetime, level: RollupLevel) -> datetime:
+    """time_bucket(level, at): UTC-aligned, as TimescaleDB aligns hours and days."""
+    width = ROLLUP_WIDTHS[level]
+    return _EPOCH + ((at - _EPOCH) // width) * width
 
 
 def _consume_invalidations(

@@ -47,17 +47,19 @@ WHERE invalidation_threshold < %(threshold)s;
 SELECT nullif(materialized_until, '-infinity') FROM rpm.rollup_progress;
 
 -- name: materialize_1m
--- New buckets [greatest(materialized_until, horizon_start), until) from raw readings. The
--- three materialize_* statements run in one transaction before set_progress, so all three read
--- the same materialized_until.
+-- New buckets [from, until) from raw readings. The three materialize_* statements run in one
+-- transaction before set_progress. The lower bounds come in as parameters (the caller computes
+-- them from materialized_until and the horizon): a bound read from rpm.rollup_progress in a
+-- join would hide it from chunk exclusion and the index, and every one-day step would rescan
+-- all older chunks (quadratic in the backlog).
 INSERT INTO rpm.rollup_1m (bucket_start, patient_id, metric_id, reading_count, value_sum,
                            value_min, value_max, last_value, last_at)
 SELECT time_bucket(INTERVAL '1 minute', r.measured_at), r.patient_id, r.metric_id,
        count(*), sum(r.value), min(r.value), max(r.value),
        (max(ARRAY[date_part('epoch', r.measured_at - timestamptz 'epoch'), r.value]))[2],
        max(r.measured_at)
-FROM rpm.readings r, rpm.rollup_progress p
-WHERE r.measured_at >= greatest(p.materialized_until, %(horizon_start)s)
+FROM rpm.readings r
+WHERE r.measured_at >= %(from_1m)s
   AND r.measured_at < %(until)s
 GROUP BY 1, 2, 3;
 
@@ -70,9 +72,8 @@ SELECT time_bucket(INTERVAL '1 hour', m.bucket_start), m.patient_id, m.metric_id
        sum(m.reading_count), sum(m.value_sum), min(m.value_min), max(m.value_max),
        (max(ARRAY[date_part('epoch', m.last_at - timestamptz 'epoch'), m.last_value]))[2],
        max(m.last_at)
-FROM rpm.rollup_1m m, rpm.rollup_progress p
-WHERE m.bucket_start >= greatest(time_bucket(INTERVAL '1 hour', p.materialized_until),
-                                 %(horizon_start)s)
+FROM rpm.rollup_1m m
+WHERE m.bucket_start >= %(from_1h)s
   AND m.bucket_start < time_bucket(INTERVAL '1 hour', %(until)s::timestamptz)
 GROUP BY 1, 2, 3;
 
@@ -83,9 +84,8 @@ SELECT time_bucket(INTERVAL '1 day', h.bucket_start), h.patient_id, h.metric_id,
        sum(h.reading_count), sum(h.value_sum), min(h.value_min), max(h.value_max),
        (max(ARRAY[date_part('epoch', h.last_at - timestamptz 'epoch'), h.last_value]))[2],
        max(h.last_at)
-FROM rpm.rollup_1h h, rpm.rollup_progress p
-WHERE h.bucket_start >= greatest(time_bucket(INTERVAL '1 day', p.materialized_until),
-                                 %(horizon_start)s)
+FROM rpm.rollup_1h h
+WHERE h.bucket_start >= %(from_1d)s
   AND h.bucket_start < time_bucket(INTERVAL '1 day', %(until)s::timestamptz)
 GROUP BY 1, 2, 3;
 
