@@ -3,13 +3,14 @@
 Runs as its own process (``python -m benchmarks.ingest_load CONFIG OUT``) so that its CPU is
 measured apart from the latency probes and never competes with them for one interpreter.
 CONFIG is a JSON file: ``base_url``, ``devices`` (list of [device_id, token]), ``concurrency``,
-``readings_per_payload``, ``start_ms`` (time of the first reading). Every sender loops without
-pause until SIGTERM; then the process writes OUT: one [unix time of the answer, rows stored]
-per 200, and counts of other answers.
+``readings_per_payload``, ``start_ms`` (time of the first reading), ``spacing_ms``. Every
+sender loops without pause until SIGTERM; then the process writes OUT: one [unix time of the
+answer, rows stored] per 200, and counts of other answers.
 
-Readings are heart rates inside the normal range (no alert fires), 20 ms apart per device from
-the start time: with many devices sharing the load, each advances slower than the clock and
-never reaches the validator's future-time limit; every reading is new (stored, not a duplicate).
+Readings are heart rates inside the normal range (no alert fires), ``spacing_ms`` apart per
+device from the start time: with enough devices sharing the load, each advances slower than the
+clock and never reaches the validator's future-time limit; every reading is new (stored, not a
+duplicate).
 """
 
 from __future__ import annotations
@@ -25,13 +26,11 @@ from pathlib import Path
 
 import httpx2
 
-SPACING_MS = 20
 
-
-def payload(device_id: str, start_ms: int, size: int) -> bytes:
+def payload(device_id: str, start_ms: int, size: int, spacing_ms: int) -> bytes:
     readings = ",".join(
         f'{{"metric":"heart_rate","value":{60 + i % 40},'
-        f'"unit":"/min","time":{start_ms + i * SPACING_MS}}}'
+        f'"unit":"/min","time":{start_ms + i * spacing_ms}}}'
         for i in range(size)
     )
     return f'{{"device_id":"{device_id}","readings":[{readings}]}}'.encode()
@@ -45,6 +44,7 @@ async def run(config: dict[str, object], out: Path) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     start_ms = int(config["start_ms"])  # type: ignore[call-overload]
+    spacing_ms = int(config["spacing_ms"])  # type: ignore[call-overload]
     next_chunk = {device_id: count() for device_id, _ in devices}
     turn = count()
     stored: list[tuple[float, int]] = []
@@ -53,11 +53,11 @@ async def run(config: dict[str, object], out: Path) -> None:
     async def sender(client: httpx2.AsyncClient) -> None:
         while not stop.is_set():
             device_id, token = devices[next(turn) % len(devices)]
-            first = start_ms + next(next_chunk[device_id]) * size * SPACING_MS
+            first = start_ms + next(next_chunk[device_id]) * size * spacing_ms
             try:
                 response = await client.post(
                     "/v1/readings",
-                    content=payload(device_id, first, size),
+                    content=payload(device_id, first, size, spacing_ms),
                     headers={"Authorization": f"Bearer {token}"},
                 )
             except httpx2.TransportError as exc:
