@@ -18,9 +18,11 @@ Backpressure: at most ``max_pending_rows`` rows wait; beyond that ``submit`` rai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
+from asyncio import FIRST_COMPLETED
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -187,6 +189,8 @@ class GroupCommitter:
         self._ingestor = ingestor_name()
         self._q = queries("ingest_commit")
         self._metrics = metrics
+        self._committing = 0  # batches being committed right now
+        self._commit_finished = asyncio.Event()
 
     @property
     def pending_rows(self) -> int:
@@ -236,27 +240,59 @@ class GroupCommitter:
         return await pending.future
 
     async def _next_batch(self) -> list[_Pending]:
+        """Everything queued, up to ``max_batch_rows``; waits for more only while another
+        batch is committing.
+
+        Waiting pays only when the database is busy anyway: then the requests that arrive
+        meanwhile share one transaction instead of each paying for its own. When no commit is
+        in flight, waiting for stragglers only adds latency -- and when the callers cannot send
+        more until they are answered (a client waiting for its 200, MQTT's in-flight window),
+        nothing more can arrive, so a fixed delay would be paid by every batch.
+        """
         batch = [await self._queue.get()]
         rows = batch[0].rows
-        deadline = time.monotonic() + self._max_delay_s
+        deadline: float | None = None
         while rows < self._max_batch_rows:
             try:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
+                if not self._committing:
+                    break
+                if deadline is None:
+                    deadline = time.monotonic() + self._max_delay_s
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
+                next_item = await self._get_while_committing(remaining)
+                if next_item is None:
                     break
+                item = next_item
             batch.append(item)
             rows += item.rows
         return batch
 
+    async def _get_while_committing(self, timeout: float) -> _Pending | None:
+        """The next request, or None once ``timeout`` passed or no commit is in flight."""
+        self._commit_finished.clear()
+        getter = asyncio.ensure_future(self._queue.get())
+        finished = asyncio.ensure_future(self._commit_finished.wait())
+        try:
+            await asyncio.wait({getter, finished}, timeout=timeout, return_when=FIRST_COMPLETED)
+        finally:
+            finished.cancel()
+            if not getter.done():
+                getter.cancel()
+                # A get that completed while being cancelled still took an item: keep it.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await getter
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        return None
+
     async def _work(self) -> None:
         while True:
             batch = await self._next_batch()
+            self._committing += 1
             try:
                 outcomes = await self._commit_with_retry(batch)
                 for pending, outcome in zip(batch, outcomes, strict=True):
@@ -275,6 +311,8 @@ class GroupCommitter:
                         )
                 raise
             finally:
+                self._committing -= 1
+                self._commit_finished.set()
                 for pending in batch:
                     self._pending_rows -= pending.rows
                     self._queue.task_done()
