@@ -18,45 +18,35 @@ Backpressure: at most ``max_pending_rows`` rows wait; beyond that ``submit`` rai
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import time
 import uuid
 from asyncio import FIRST_COMPLETED
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import numpy as np
 
 from ingest.metrics import IngestMetrics
-from ingest.store import Source, ValidatedReading, ingestor_name
+from ingest.store import (
+    EPOCH,
+    READING_COPY_COLUMNS,
+    STAGE_COPY_COLUMNS,
+    ReadingColumns,
+    Source,
+    ValidatedReading,
+    epoch_us,
+    ingestor_name,
+)
 from schema.sql import queries
 
 log = logging.getLogger(__name__)
 
-_STAGE_COLUMNS = (
-    "seq",
-    "measured_at",
-    "received_at",
-    "value",
-    "device_id",
-    "patient_id",
-    "metric_id",
-    "utc_offset_minutes",
-    "client_reading_id",
-)
-READING_COLUMNS = (
-    "measured_at",
-    "received_at",
-    "value",
-    "batch_id",
-    "device_id",
-    "patient_id",
-    "metric_id",
-    "utc_offset_minutes",
-    "client_reading_id",
-)
+READING_COLUMNS = READING_COPY_COLUMNS
 _QUARANTINE_COLUMNS = (
     "received_at",
     "source",
@@ -111,16 +101,30 @@ class QuarantineEntry:
 
 @dataclass(frozen=True)
 class IngestRequest:
-    """One HTTP request or MQTT message, validated."""
+    """One HTTP request or MQTT message, validated.
 
-    readings: Sequence[ValidatedReading]
-    # reading_indexes[i]: position in the payload of readings[i] (for per-reading answers)
+    ``readings`` may be given as columns (the ingest path) or as ValidatedReading objects;
+    the committer only uses ``columns``.
+    """
+
+    readings: ReadingColumns | Sequence[ValidatedReading]
+    # reading_indexes[i]: position in the payload of reading i (for per-reading answers)
     reading_indexes: Sequence[int]
     quarantine: Sequence[QuarantineEntry]
     raw_payload: bytes
     received_at: float  # time.time() when it arrived; quarantine rows record it
     claimed_device: str | None = None
     topic: str | None = None
+    columns: ReadingColumns = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        readings = self.readings
+        columns = (
+            readings
+            if isinstance(readings, ReadingColumns)
+            else ReadingColumns.from_readings(readings)
+        )
+        object.__setattr__(self, "columns", columns)  # derived once; the dataclass is frozen
 
 
 @dataclass(frozen=True)
@@ -158,7 +162,7 @@ class _Pending:
 
     def __post_init__(self) -> None:
         # At least 1: a request that only carries quarantine rows still occupies the buffer.
-        self.rows = max(1, len(self.request.readings))
+        self.rows = max(1, len(self.request.columns))
 
 
 class GroupCommitter:
@@ -222,7 +226,7 @@ class GroupCommitter:
 
     async def submit(self, request: IngestRequest) -> IngestOutcome:
         """Queue ``request`` and return once its batch has committed."""
-        rows = len(request.readings)
+        rows = len(request.columns)
         # A request bigger than the whole buffer is still admitted into an empty buffer, or it
         # could never be stored.
         if self._pending_rows and self._pending_rows + rows > self._max_pending_rows:
@@ -356,14 +360,14 @@ class GroupCommitter:
         if len(batch) > 1:
             return [(await self._commit_with_retry([pending]))[0] for pending in batch]
         request = batch[0].request
-        if not request.readings:
+        if not len(request.columns):
             # Only quarantine rows left, and the database refuses even those: a defect here,
             # not bad input. Fail loudly rather than loop.
             raise error
         log.warning(
             "database refused a validated request; quarantining its readings: %s",
             error,
-            extra={"sqlstate": error.sqlstate, "readings": len(request.readings)},
+            extra={"sqlstate": error.sqlstate, "readings": len(request.columns)},
         )
         # One entry per payload position (a blood-pressure panel is two readings, one entry).
         refused = tuple(
@@ -377,32 +381,31 @@ class GroupCommitter:
         return [replace(outcome, refused=refused)]
 
     async def _commit(self, batch: list[_Pending]) -> list[IngestOutcome]:
-        # (request number, reading number) of every reading, in batch order
-        owners = [
-            (request_number, reading_number)
-            for request_number, pending in enumerate(batch)
-            for reading_number in range(len(pending.request.readings))
-        ]
+        # The readings of the whole batch, request after request, as one set of columns.
+        columns = ReadingColumns.concat([pending.request.columns for pending in batch])
+        rows = len(columns)
         started = time.monotonic()
         async with self._pool.acquire() as conn, conn.transaction():
             batch_id, threshold = await conn.fetchrow(self._q["begin_batch"])
             not_stored: list[asyncpg.Record] = []
-            if owners:
+            if rows:
                 try:
                     # Fast path: almost every batch holds only new readings, so COPY straight
                     # into the hypertable. A savepoint keeps the transaction usable if a
                     # reading turns out to be stored already (unique violation on the key).
                     async with conn.transaction():
-                        await conn.copy_records_to_table(
+                        await conn.copy_to_table(
                             "readings",
                             schema_name="rpm",
-                            records=_reading_rows(batch, batch_id),
+                            # memoryview: asyncpg would take bytes for a file name
+                            source=memoryview(columns.copy_stream(batch_id)),
                             columns=READING_COLUMNS,
+                            format="binary",
                         )
-                    await self._record_late(conn, batch, batch_id, threshold)
+                    await self._record_late(conn, columns, batch_id, threshold)
                 except asyncpg.UniqueViolationError:
-                    not_stored = await self._merge(conn, batch, batch_id, len(owners))
-            outcomes, quarantine_rows = self._outcomes(batch, batch_id, owners, not_stored)
+                    not_stored = await self._merge(conn, columns, batch_id)
+            outcomes, quarantine_rows = self._outcomes(batch, batch_id, not_stored)
             if quarantine_rows:
                 await conn.copy_records_to_table(
                     "ingest_quarantine",
@@ -422,74 +425,90 @@ class GroupCommitter:
             )
         elapsed = time.monotonic() - started
         if self._metrics:
-            self._metrics.batch_rows.observe(len(owners))
+            self._metrics.batch_rows.observe(rows)
             self._metrics.commit_seconds.observe(elapsed)
         log.debug(
             "ingest batch committed",
             extra={
                 "batch_id": batch_id,
                 "requests": len(batch),
-                "rows": len(owners),
+                "rows": rows,
                 "ms": round(elapsed * 1000, 1),
             },
         )
         return outcomes
 
     async def _merge(
-        self, conn: asyncpg.Connection, batch: list[_Pending], batch_id: int, rows: int
+        self, conn: asyncpg.Connection, columns: ReadingColumns, batch_id: int
     ) -> list[asyncpg.Record]:
         """The deduplicating path: stage, merge on the natural key, classify what was not new."""
         await conn.execute(self._q["create_stage"])
-        await conn.copy_records_to_table(
-            "ingest_stage", records=_stage_rows(batch), columns=_STAGE_COLUMNS
+        await conn.copy_to_table(
+            "ingest_stage",
+            source=memoryview(columns.stage_stream()),
+            columns=STAGE_COPY_COLUMNS,
+            format="binary",
         )
         inserted = int(await conn.fetchval(self._q["merge_stage"], batch_id))
-        if inserted == rows:
+        if inserted == len(columns):
             return []
         return list(await conn.fetch(self._q["classify_not_stored"], batch_id))
 
     async def _record_late(
         self,
         conn: asyncpg.Connection,
-        batch: list[_Pending],
+        columns: ReadingColumns,
         batch_id: int,
         threshold: datetime | None,
     ) -> None:
         """Invalidate rolled-up ranges that this batch's late readings fall into."""
         if threshold is None:
             return
-        ranges: dict[tuple[uuid.UUID, int], tuple[datetime, datetime]] = {}
-        for pending in batch:
-            for r in pending.request.readings:
-                if r.measured_at < threshold:
-                    key = (r.patient_id, r.metric_id)
-                    low, high = ranges.get(key, (r.measured_at, r.measured_at))
-                    ranges[key] = (min(low, r.measured_at), max(high, r.measured_at))
+        late = np.flatnonzero(columns.measured_us < epoch_us(threshold))
+        if not len(late):
+            return
+        ranges: dict[tuple[uuid.UUID, int], tuple[int, int]] = {}
+        # Late readings are few (devices catching up); a loop over them is fine.
+        for patient, metric_id, measured in zip(
+            columns.patient[late],
+            columns.metric_id[late].tolist(),
+            columns.measured_us[late].tolist(),
+            strict=True,
+        ):
+            key = (uuid.UUID(bytes=patient.tobytes()), metric_id)
+            low, high = ranges.get(key, (measured, measured))
+            ranges[key] = (min(low, measured), max(high, measured))
         if ranges:
             await conn.executemany(
                 self._q["insert_invalidation"],
-                [(p, m, low, high, batch_id) for (p, m), (low, high) in ranges.items()],
+                [
+                    (p, m, _datetime(low), _datetime(high), batch_id)
+                    for (p, m), (low, high) in ranges.items()
+                ],
             )
 
     def _outcomes(
         self,
         batch: list[_Pending],
         batch_id: int,
-        owners: list[tuple[int, int]],
         not_stored: list[asyncpg.Record],
     ) -> tuple[list[IngestOutcome], list[tuple[object, ...]]]:
         duplicates = [0] * len(batch)
         conflicts: list[list[Conflict]] = [[] for _ in batch]
         quarantine_rows: list[tuple[object, ...]] = []
+        # seq (row number in the batch) -> (request number, row number in the request)
+        starts = np.cumsum([0] + [len(p.request.columns) for p in batch]).tolist()
         for record in not_stored:
-            request_number, reading_number = owners[record["seq"]]
+            seq = record["seq"]
+            request_number = bisect.bisect_right(starts, seq) - 1
+            reading_number = seq - starts[request_number]
             request = batch[request_number].request
-            reading = request.readings[reading_number]
-            if record["stored_value"] == reading.value:
+            value = float(request.columns.value[reading_number])
+            if record["stored_value"] == value:
                 duplicates[request_number] += 1
                 continue
             conflict = Conflict(
-                request.reading_indexes[reading_number], record["stored_value"], reading.value
+                request.reading_indexes[reading_number], record["stored_value"], value
             )
             conflicts[request_number].append(conflict)
             quarantine_rows.append(
@@ -508,7 +527,7 @@ class GroupCommitter:
             outcomes.append(
                 IngestOutcome(
                     batch_id=batch_id,
-                    stored=len(request.readings) - duplicates[n] - len(conflicts[n]),
+                    stored=len(request.columns) - duplicates[n] - len(conflicts[n]),
                     duplicates=duplicates[n],
                     conflicts=tuple(conflicts[n]),
                     quarantined=len(request.quarantine) + len(conflicts[n]),
@@ -532,44 +551,8 @@ class GroupCommitter:
         )
 
 
-def _reading_rows(batch: list[_Pending], batch_id: int) -> list[tuple[object, ...]]:
-    return reading_rows((r for pending in batch for r in pending.request.readings), batch_id)
-
-
-def reading_rows(readings: Iterable[ValidatedReading], batch_id: int) -> list[tuple[object, ...]]:
-    """COPY records for rpm.readings, in ``READING_COLUMNS`` order."""
-    return [
-        (
-            r.measured_at,
-            r.received_at,
-            r.value,
-            batch_id,
-            r.device_id,
-            r.patient_id,
-            r.metric_id,
-            r.utc_offset_minutes,
-            r.client_reading_id,
-        )
-        for r in readings
-    ]
-
-
-def _stage_rows(batch: list[_Pending]) -> list[tuple[object, ...]]:
-    readings = (r for pending in batch for r in pending.request.readings)
-    return [
-        (
-            seq,
-            r.measured_at,
-            r.received_at,
-            r.value,
-            r.device_id,
-            r.patient_id,
-            r.metric_id,
-            r.utc_offset_minutes,
-            r.client_reading_id,
-        )
-        for seq, r in enumerate(readings)
-    ]
+def _datetime(epoch_us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=epoch_us)
 
 
 async def check_durability(pool: asyncpg.Pool) -> None:
