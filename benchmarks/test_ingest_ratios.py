@@ -213,6 +213,9 @@ def start_child(args: list[str], env: dict[str, str], log: Path) -> Child:
                 **os.environ,
                 "RPMSTORE_LOG_FORMAT": "json",
                 "RPMSTORE_LOG_LEVEL": "WARNING",
+                # An instance name of its own: the children use the servers given in env and
+                # must not read the state file of a developer's `rpmstore db up` stack.
+                "RPMSTORE_INSTANCE": f"bench-{os.getpid()}",
                 **env,
             },
             stdout=out,
