@@ -385,44 +385,11 @@ class GroupCommitter:
         columns = ReadingColumns.concat([pending.request.columns for pending in batch])
         rows = len(columns)
         started = time.monotonic()
-        async with self._pool.acquire() as conn, conn.transaction():
-            batch_id, threshold = await conn.fetchrow(self._q["begin_batch"])
-            not_stored: list[asyncpg.Record] = []
-            if rows:
-                try:
-                    # Fast path: almost every batch holds only new readings, so COPY straight
-                    # into the hypertable. A savepoint keeps the transaction usable if a
-                    # reading turns out to be stored already (unique violation on the key).
-                    async with conn.transaction():
-                        await conn.copy_to_table(
-                            "readings",
-                            schema_name="rpm",
-                            # memoryview: asyncpg would take bytes for a file name
-                            source=memoryview(columns.copy_stream(batch_id)),
-                            columns=READING_COLUMNS,
-                            format="binary",
-                        )
-                    await self._record_late(conn, columns, batch_id, threshold)
-                except asyncpg.UniqueViolationError:
-                    not_stored = await self._merge(conn, columns, batch_id)
-            outcomes, quarantine_rows = self._outcomes(batch, batch_id, not_stored)
-            if quarantine_rows:
-                await conn.copy_records_to_table(
-                    "ingest_quarantine",
-                    schema_name="rpm",
-                    records=quarantine_rows,
-                    columns=_QUARANTINE_COLUMNS,
-                )
-            await conn.execute(
-                self._q["insert_batch"],
-                batch_id,
-                self._source,
-                self._ingestor,
-                sum(o.stored for o in outcomes),
-                sum(o.duplicates for o in outcomes),
-                sum(len(o.conflicts) for o in outcomes),
-                len(quarantine_rows),
-            )
+        async with self._pool.acquire() as conn:
+            committed = await self._commit_new(conn, batch, columns) if rows else None
+            if committed is None:
+                committed = await self._commit_merged(conn, batch, columns)
+        batch_id, outcomes = committed
         elapsed = time.monotonic() - started
         if self._metrics:
             self._metrics.batch_rows.observe(rows)
@@ -437,6 +404,80 @@ class GroupCommitter:
             },
         )
         return outcomes
+
+    async def _commit_new(
+        self, conn: asyncpg.Connection, batch: list[_Pending], columns: ReadingColumns
+    ) -> tuple[int, list[IngestOutcome]] | None:
+        """The fast path: almost every batch holds only new readings, so COPY them straight
+        into the hypertable. None (and nothing written) if a reading is stored already.
+
+        Each statement here is a round trip that every caller of the batch waits for, so
+        there are few: BEGIN, the batch row (written first, with the outcome of a batch of
+        new readings, and returning the invalidation threshold), the COPY, COMMIT. A unique
+        violation on the natural key rolls the whole transaction back; the batch then goes
+        the merge path, which classifies every reading. (A savepoint around the COPY would
+        keep the transaction, at two more round trips for every batch.)
+        """
+        outcomes, quarantine_rows = self._outcomes(batch, 0, [])
+        try:
+            async with conn.transaction():
+                batch_id, threshold = await conn.fetchrow(
+                    self._q["open_batch"],
+                    self._source,
+                    self._ingestor,
+                    len(columns),
+                    len(quarantine_rows),
+                )
+                await conn.copy_to_table(
+                    "readings",
+                    schema_name="rpm",
+                    # memoryview: asyncpg would take bytes for a file name
+                    source=memoryview(columns.copy_stream(batch_id)),
+                    columns=READING_COLUMNS,
+                    format="binary",
+                )
+                await self._record_late(conn, columns, batch_id, threshold)
+                if quarantine_rows:
+                    await self._copy_quarantine(
+                        conn, [(*row[:-1], batch_id) for row in quarantine_rows]
+                    )
+        except asyncpg.UniqueViolationError:
+            return None
+        return batch_id, [replace(outcome, batch_id=batch_id) for outcome in outcomes]
+
+    async def _commit_merged(
+        self, conn: asyncpg.Connection, batch: list[_Pending], columns: ReadingColumns
+    ) -> tuple[int, list[IngestOutcome]]:
+        """The deduplicating path (and batches that carry only quarantine rows)."""
+        async with conn.transaction():
+            batch_id, _ = await conn.fetchrow(self._q["begin_batch"])
+            not_stored: list[asyncpg.Record] = []
+            if len(columns):
+                not_stored = await self._merge(conn, columns, batch_id)
+            outcomes, quarantine_rows = self._outcomes(batch, batch_id, not_stored)
+            if quarantine_rows:
+                await self._copy_quarantine(conn, quarantine_rows)
+            await conn.execute(
+                self._q["insert_batch"],
+                batch_id,
+                self._source,
+                self._ingestor,
+                sum(o.stored for o in outcomes),
+                sum(o.duplicates for o in outcomes),
+                sum(len(o.conflicts) for o in outcomes),
+                len(quarantine_rows),
+            )
+        return batch_id, outcomes
+
+    async def _copy_quarantine(
+        self, conn: asyncpg.Connection, quarantine_rows: list[tuple[object, ...]]
+    ) -> None:
+        await conn.copy_records_to_table(
+            "ingest_quarantine",
+            schema_name="rpm",
+            records=quarantine_rows,
+            columns=_QUARANTINE_COLUMNS,
+        )
 
     async def _merge(
         self, conn: asyncpg.Connection, columns: ReadingColumns, batch_id: int
