@@ -17,6 +17,12 @@ a fresh clone of the migrated database (same table, same indexes, empty at the s
 
 Ratios are what to compare between machines: rows/s of a path / rows/s of raw COPY measured
 minutes apart on the same machine. Results go to reports/bench-ingest.json and stdout.
+
+CPU seconds are recorded per path too (Linux /proc): PostgreSQL (postmaster, its live and
+its exited children), the server process (API or MQTT ingestor) and this process (the load
+generator; for the first two paths the client itself). On a machine that other work keeps
+busy the wall-clock ratios swing from run to run; the CPU a path costs per row does much less,
+and on saturated cores the ratio tends to CPU(raw COPY) / CPU(path).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -103,6 +109,59 @@ class Dataset:
                     ],
                 }
                 yield device, json.dumps(body).encode()
+
+
+def _stat_cpu_s(fields: list[str], *, reaped_children: bool = False) -> float:
+    """utime + stime (and cutime + cstime) of a /proc/<pid>/stat line split after the name."""
+    ticks = sum(int(f) for f in fields[11 : 15 if reaped_children else 13])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int | str) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone, or not Linux
+        return None
+    return text.rpartition(")")[2].split()
+
+
+def process_cpu_s(pid: int) -> float | None:
+    fields = _stat(pid)
+    return None if fields is None else _stat_cpu_s(fields)
+
+
+def postgres_cpu_s(port: int) -> float | None:
+    """CPU seconds of the PostgreSQL listening on ``port``: the postmaster, the backends it
+    has reaped (cutime), and its live children (backends, background workers)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    postmaster = None
+    pids = [p.name for p in proc.iterdir() if p.name.isdigit()]
+    for pid in pids:
+        try:
+            argv = (proc / pid / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"-D" in argv and b"-p" in argv and argv[argv.index(b"-p") + 1] == str(port).encode():
+            postmaster = pid
+    if postmaster is None:
+        return None
+    total = 0.0
+    for pid in pids:
+        fields = _stat(pid)
+        if fields is None:
+            continue
+        if pid == postmaster:
+            total += _stat_cpu_s(fields, reaped_children=True)
+        elif fields[1] == postmaster:
+            total += _stat_cpu_s(fields)
+    return total
+
+
+def self_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def register(conn: psycopg.Connection) -> list[Device]:
@@ -294,10 +353,37 @@ def test_ingest_throughput_ratios(
         for path in ("raw_copy", "idempotent", "http", "mqtt")
     }
     seconds: dict[str, float] = {}
-    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+    cpu: dict[str, dict[str, float | None]] = {}
+    pg_port = int(psycopg.conninfo.conninfo_to_dict(setup_url)["port"] or 5432)
 
+    def measure_cpu(path: str, server_pid: int | None = None) -> Callable[[], None]:
+        """Start counting CPU for ``path``; the returned function stops counting."""
+
+        def now() -> tuple[float | None, float, float | None]:
+            server = None if server_pid is None else process_cpu_s(server_pid)
+            return postgres_cpu_s(pg_port), self_cpu_s(), server
+
+        before = now()
+
+        def stop() -> None:
+            # Exited backends count once reaped; let the postmaster reap them.
+            time.sleep(0.5)
+            after = now()
+            cpu[path] = {
+                name: None if b is None or a is None else round(a - b, 2)
+                for name, b, a in zip(
+                    ("postgres", "this_process", "server_process"), before, after, strict=True
+                )
+            }
+
+        return stop
+
+    stop = measure_cpu("raw_copy")
     seconds["raw_copy"] = asyncio.run(raw_copy(urls["raw_copy"], data))
+    stop()
+    stop = measure_cpu("idempotent")
     seconds["idempotent"] = asyncio.run(idempotent_commit(urls["idempotent"], data))
+    stop()
 
     port = free_port()
     api = start_child(
@@ -315,7 +401,9 @@ def test_ingest_throughput_ratios(
                 pass
             assert time.monotonic() < deadline, (tmp_path / "api.log").read_text()
             time.sleep(0.2)
+        stop = measure_cpu("http", api.process.pid)
         seconds["http"] = asyncio.run(http_end_to_end(f"http://127.0.0.1:{port}", data))
+        stop()
     finally:
         api.stop()
 
@@ -332,10 +420,11 @@ def test_ingest_throughput_ratios(
     )
     try:
         ingestor.wait_for_log(b"MQTT connected")
+        stop = measure_cpu("mqtt", ingestor.process.pid)
         seconds["mqtt"] = mqtt_end_to_end(mqtt_broker, urls["mqtt"], data)
+        stop()
     finally:
         ingestor.stop()
-    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
 
     for path, url in urls.items():
         assert count_rows(url) == data.rows, f"{path} stored a different number of rows"
@@ -349,14 +438,19 @@ def test_ingest_throughput_ratios(
         "rows_per_s": {k: round(v) for k, v in rows_per_s.items()},
         "ratio_to_raw_copy": {k: round(v / baseline, 3) for k, v in rows_per_s.items()},
         "dedup_tax": round(rows_per_s["idempotent"] / baseline, 3),
-        "load_generator_cpu_s": round(
-            (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime),
-            1,
-        ),
+        "cpu_s": cpu,
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     REPORT.parent.mkdir(exist_ok=True)
     REPORT.write_text(json.dumps(result, indent=2) + "\n")
-    print("\n| path | rows/s | ÷ raw COPY |\n|---|---:|---:|")  # noqa: T201 - the benchmark's report
+    print(  # noqa: T201 - the benchmark's report
+        "\n| path | rows/s | ÷ raw COPY | CPU s: PostgreSQL | server | load generator |"
+        "\n|---|---:|---:|---:|---:|---:|"
+    )
     for path in seconds:
-        print(f"| {path} | {rows_per_s[path]:,.0f} | {rows_per_s[path] / baseline:.2f} |")  # noqa: T201
+        used = cpu.get(path, {})
+        print(  # noqa: T201
+            f"| {path} | {rows_per_s[path]:,.0f} | {rows_per_s[path] / baseline:.2f} "
+            f"| {used.get('postgres')} | {used.get('server_process')} "
+            f"| {used.get('this_process')} |"
+        )

@@ -80,6 +80,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import repeat
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -378,10 +379,11 @@ def _decode_ordinary(items: list[Any]) -> DecodedReadings | None:
     equals what ``_decode_reading`` gives for each item.
     """
     count = len(items)
-    if any(type(item) is not dict for item in items):
+    if set(map(type, items)) != {dict}:
         return None
-    metrics = [item.get("metric") for item in items]
-    units = [item.get("unit") for item in items]
+    # map() with dict methods keeps the per-item work in C: no Python frame per reading.
+    metrics = list(map(dict.get, items, repeat("metric")))
+    units = list(map(dict.get, items, repeat("unit")))
     try:
         # Few distinct names per payload: check each once. (Only strings equal strings, so a
         # set of good strings decides for every item.)
@@ -393,10 +395,12 @@ def _decode_ordinary(items: list[Any]) -> DecodedReadings | None:
         return None
     if not all(type(u) is str and u for u in unit_names):
         return None
-    if any("systolic" in item or "diastolic" in item for item in items):
+    if any(map(dict.__contains__, items, repeat("systolic"))) or any(
+        map(dict.__contains__, items, repeat("diastolic"))
+    ):
         return None
 
-    values = [item.get("value") for item in items]
+    values = list(map(dict.get, items, repeat("value")))
     value_types = set(map(type, values))
     if not value_types <= _ORDINARY_VALUE_TYPES:
         return None
@@ -406,7 +410,7 @@ def _decode_ordinary(items: list[Any]) -> DecodedReadings | None:
         return None
     value = np.array(values, dtype=np.float64)
 
-    times = [item.get("time") for item in items]
+    times = list(map(dict.get, items, repeat("time")))
     time_types = set(map(type, times))
     if time_types == {int}:
         try:
@@ -428,7 +432,7 @@ def _decode_ordinary(items: list[Any]) -> DecodedReadings | None:
         offsets = np.array([o or 0 for o in offset_list], dtype=np.int16)
         offset_unknown = np.array([o is None for o in offset_list], dtype=np.bool_)
 
-    ids = [item.get("id") for item in items]
+    ids = list(map(dict.get, items, repeat("id")))
     client_id: list[str | None] | None = None
     if set(map(type, ids)) != {type(None)}:
         if not all(
@@ -535,7 +539,7 @@ def _decode_reading_fully(index: int, item: object) -> RawReading | ReadingError
         problems.append(_problem(where, "unit", item, "a non-empty UCUM unit string"))
 
     value = systolic = diastolic = None
-    if metric in BP_PANEL_METRICS:
+    if type(metric) is str and metric in BP_PANEL_METRICS:  # an array is unhashable
         systolic = _number(item.get("systolic"))
         diastolic = _number(item.get("diastolic"))
         if systolic is None:

@@ -116,8 +116,8 @@ class ReadingColumns:
 
     @classmethod
     def concat(cls, parts: Sequence[ReadingColumns]) -> ReadingColumns:
-        if len(parts) == 1:
-            return parts[0]
+        if len(parts) <= 1:
+            return parts[0] if parts else cls.empty()
         ids: list[str | None] | None = None
         if any(p.client_ids is not None for p in parts):
             ids = []

@@ -157,14 +157,12 @@ def validate_readings(
 
     # Checks 5 and 6, once per distinct (metric, unit).
     resolver = _Resolver(catalogue)
-    pair_numbers: dict[tuple[str, str], int] = {}
-    pair_of_row = np.array(
-        [
-            pair_numbers.setdefault(pair, len(pair_numbers))
-            for pair in zip(columns.metric, columns.unit, strict=True)
-        ],
-        dtype=np.intp,
-    )
+    pairs = list(zip(columns.metric, columns.unit, strict=True))
+    pair_numbers = {pair: number for number, pair in enumerate(dict.fromkeys(pairs))}
+    if len(pair_numbers) == 1:  # the usual payload: one metric in one unit
+        pair_of_row = np.zeros(len(pairs), dtype=np.intp)
+    else:
+        pair_of_row = np.fromiter(map(pair_numbers.__getitem__, pairs), np.intp, len(pairs))
     # Per pair: its lane kinds (-1: none) or unusable.
     first_kind = np.full(len(pair_numbers), -1, dtype=np.intp)
     second_kind = np.full(len(pair_numbers), -1, dtype=np.intp)
