@@ -194,9 +194,7 @@ def count_rows(url: str) -> int:
     return int(row[0])
 
 
-async def raw_copy(url: str, data: Dataset) -> float:
-    # Exactly the rows the committer's fast path writes.
-    records = ReadingColumns.from_readings(list(data.readings()))
+async def raw_copy(url: str, records: ReadingColumns) -> float:
     chunks = iter(range(0, len(records), COPY_CHUNK))
     # As many COPY streams as the group committer has workers: the baseline gets the same
     # parallelism (a single stream would leave PostgreSQL idle while the client encodes).
@@ -219,9 +217,8 @@ async def raw_copy(url: str, data: Dataset) -> float:
         return time.perf_counter() - started
 
 
-async def idempotent_commit(url: str, data: Dataset) -> float:
-    readings = ReadingColumns.from_readings(list(data.readings()))
-    requests = [
+def requests_of(readings: ReadingColumns) -> list[IngestRequest]:
+    return [
         IngestRequest(
             readings=readings.rows(i, i + READINGS_PER_PAYLOAD),
             reading_indexes=range(min(READINGS_PER_PAYLOAD, len(readings) - i)),
@@ -231,6 +228,9 @@ async def idempotent_commit(url: str, data: Dataset) -> float:
         )
         for i in range(0, len(readings), READINGS_PER_PAYLOAD)
     ]
+
+
+async def idempotent_commit(url: str, requests: list[IngestRequest]) -> float:
     async with asyncpg.create_pool(url, min_size=2, max_size=4) as pool:
         committer = GroupCommitter(pool, source="import", max_batch_rows=COPY_CHUNK)
         await committer.start()
@@ -283,8 +283,7 @@ def start_child(args: list[str], env: dict[str, str], log: Path) -> Child:
     return Child(process, log)
 
 
-async def http_end_to_end(base_url: str, data: Dataset) -> float:
-    payloads = list(data.payloads())
+async def http_end_to_end(base_url: str, payloads: list[tuple[Device, bytes]]) -> float:
     queue = iter(payloads)
     async with httpx2.AsyncClient(base_url=base_url, timeout=60) as client:
         started = time.perf_counter()
@@ -302,7 +301,9 @@ async def http_end_to_end(base_url: str, data: Dataset) -> float:
         return time.perf_counter() - started
 
 
-def mqtt_end_to_end(broker: Broker, url: str, data: Dataset) -> float:
+def mqtt_end_to_end(
+    broker: Broker, url: str, payloads: list[tuple[Device, bytes]], rows: int
+) -> float:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -312,13 +313,12 @@ def mqtt_end_to_end(broker: Broker, url: str, data: Dataset) -> float:
     client.max_queued_messages_set(0)
     client.connect_async("127.0.0.1", broker.instance.port)
     client.loop_start()
-    payloads = list(data.payloads())
     try:
         started = time.perf_counter()
         for device, body in payloads:
             client.publish(f"rpm/v1/devices/{device.device_id}/readings", body, qos=1)
         deadline = time.monotonic() + 600
-        while count_rows(url) < data.rows:
+        while count_rows(url) < rows:
             assert time.monotonic() < deadline, "MQTT pipeline did not store every row"
             time.sleep(0.05)
         return time.perf_counter() - started
@@ -378,11 +378,17 @@ def test_ingest_throughput_ratios(
 
         return stop
 
+    # Inputs are prepared before the clocks start: exactly the rows the committer's fast
+    # path writes, the validated requests, the JSON payloads.
+    records = ReadingColumns.from_readings(list(data.readings()))
+    requests = requests_of(records)
+    payloads = list(data.payloads())
+
     stop = measure_cpu("raw_copy")
-    seconds["raw_copy"] = asyncio.run(raw_copy(urls["raw_copy"], data))
+    seconds["raw_copy"] = asyncio.run(raw_copy(urls["raw_copy"], records))
     stop()
     stop = measure_cpu("idempotent")
-    seconds["idempotent"] = asyncio.run(idempotent_commit(urls["idempotent"], data))
+    seconds["idempotent"] = asyncio.run(idempotent_commit(urls["idempotent"], requests))
     stop()
 
     port = free_port()
@@ -402,7 +408,7 @@ def test_ingest_throughput_ratios(
             assert time.monotonic() < deadline, (tmp_path / "api.log").read_text()
             time.sleep(0.2)
         stop = measure_cpu("http", api.process.pid)
-        seconds["http"] = asyncio.run(http_end_to_end(f"http://127.0.0.1:{port}", data))
+        seconds["http"] = asyncio.run(http_end_to_end(f"http://127.0.0.1:{port}", payloads))
         stop()
     finally:
         api.stop()
@@ -421,7 +427,7 @@ def test_ingest_throughput_ratios(
     try:
         ingestor.wait_for_log(b"MQTT connected")
         stop = measure_cpu("mqtt", ingestor.process.pid)
-        seconds["mqtt"] = mqtt_end_to_end(mqtt_broker, urls["mqtt"], data)
+        seconds["mqtt"] = mqtt_end_to_end(mqtt_broker, urls["mqtt"], payloads, data.rows)
         stop()
     finally:
         ingestor.stop()
