@@ -194,6 +194,7 @@ class GroupCommitter:
         self._q = queries("ingest_commit")
         self._metrics = metrics
         self._committing = 0  # batches being committed right now
+        self._held: dict[asyncio.Task[None] | None, asyncpg.Connection] = {}
         self._commit_finished = asyncio.Event()
 
     @property
@@ -294,6 +295,12 @@ class GroupCommitter:
         return None
 
     async def _work(self) -> None:
+        try:
+            await self._work_batches()
+        finally:
+            await self._give_back_connection()
+
+    async def _work_batches(self) -> None:
         while True:
             batch = await self._next_batch()
             self._committing += 1
@@ -385,10 +392,16 @@ class GroupCommitter:
         columns = ReadingColumns.concat([pending.request.columns for pending in batch])
         rows = len(columns)
         started = time.monotonic()
-        async with self._pool.acquire() as conn:
+        conn = await self._connection()
+        try:
             committed = await self._commit_new(conn, batch, columns) if rows else None
             if committed is None:
                 committed = await self._commit_merged(conn, batch, columns)
+        except BaseException:
+            # The session's state is unknown after an error: give the connection back (the
+            # pool resets it, or discards it if it is broken) and take a fresh one next time.
+            await self._give_back_connection()
+            raise
         batch_id, outcomes = committed
         elapsed = time.monotonic() - started
         if self._metrics:
@@ -404,6 +417,28 @@ class GroupCommitter:
             },
         )
         return outcomes
+
+    async def _connection(self) -> asyncpg.Connection:
+        """The calling worker's own connection, kept from batch to batch.
+
+        Returning a connection to the pool after every batch costs a round trip (the pool
+        resets the session: RESET ALL, UNLISTEN, ...) that every caller of the batch would
+        wait for; a batch leaves no session state behind (its transaction is over), so the
+        worker keeps the connection instead.
+        """
+        task = asyncio.current_task()
+        conn = self._held.get(task)
+        if conn is None or conn.is_closed():
+            conn = await self._pool.acquire()
+            self._held[task] = conn
+        return conn
+
+    async def _give_back_connection(self) -> None:
+        conn = self._held.pop(asyncio.current_task(), None)
+        if conn is not None:
+            # A broken connection makes release fail; the pool has discarded it then.
+            with contextlib.suppress(Exception):
+                await self._pool.release(conn)
 
     async def _commit_new(
         self, conn: asyncpg.Connection, batch: list[_Pending], columns: ReadingColumns
