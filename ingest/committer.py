@@ -392,8 +392,8 @@ class GroupCommitter:
         columns = ReadingColumns.concat([pending.request.columns for pending in batch])
         rows = len(columns)
         started = time.monotonic()
-        conn = await self._connection()
         try:
+            conn = await self._connection()
             committed = await self._commit_new(conn, batch, columns) if rows else None
             if committed is None:
                 committed = await self._commit_merged(conn, batch, columns)
@@ -428,9 +428,11 @@ class GroupCommitter:
         """
         task = asyncio.current_task()
         conn = self._held.get(task)
-        if conn is None or conn.is_closed():
-            conn = await self._pool.acquire()
-            self._held[task] = conn
+        if conn is not None and _reusable(conn):
+            return conn
+        await self._give_back_connection()
+        conn = await self._pool.acquire()
+        self._held[task] = conn
         return conn
 
     async def _give_back_connection(self) -> None:
@@ -625,6 +627,13 @@ class GroupCommitter:
             request.topic,
             batch_id,
         )
+
+
+def _reusable(conn: asyncpg.Connection) -> bool:
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:  # the pool took it back itself when the connection was lost
+        return False
 
 
 def _datetime(epoch_us: int) -> datetime:
