@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint bench install host-deps db-up db-down clean
+.PHONY: demo test lint bench loadtest soak install host-deps db-up db-down clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,8 +46,25 @@ test: host-deps lint
 
 # Speed, not behaviour: ratio benchmarks against baselines measured in the same run
 # (reports/bench-*.json). Not part of `make test`.
+# Every benchmarks/test_*.py, then one merged table: reports/bench.json and reports/bench.md.
 bench: host-deps install
-	$(BIN)/python -m pytest benchmarks -s
+	$(BIN)/python -m pytest benchmarks -s; status=$$?; \
+	    $(BIN)/python -m benchmarks.report && exit $$status
+
+# Locust against the local stack (loadtests/run.py): devices over HTTP and MQTT, judged by the
+# objectives in loadtests/loadtest.toml; reports in reports/loadtest/.
+LOADTEST_DURATION ?= 60s
+DURATION ?= 30m
+
+loadtest: host-deps install
+	$(BIN)/rpmstore db up
+	$(BIN)/rpmstore migrate up
+	$(BIN)/python -m loadtests.run --profile short --duration $(LOADTEST_DURATION)
+
+soak: host-deps install
+	$(BIN)/rpmstore db up
+	$(BIN)/rpmstore migrate up
+	$(BIN)/python -m loadtests.run --profile soak --duration $(DURATION)
 
 db-up: host-deps install
 	$(BIN)/rpmstore db up

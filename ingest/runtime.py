@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import asyncpg
 from prometheus_client import CollectorRegistry
 
+from ingest.alerting.metrics import AlertMetrics
+from ingest.alerting.worker import AlertingOptions, AlertWorker
 from ingest.committer import GroupCommitter
 from ingest.directory import DeviceDirectory, load_catalogue
 from ingest.metrics import IngestMetrics
@@ -31,6 +33,7 @@ class IngestRuntime:
     devices: DeviceDirectory
     committer: GroupCommitter
     metrics: IngestMetrics
+    alerts: AlertWorker | None = None  # None when alerting is disabled
 
 
 @asynccontextmanager
@@ -40,9 +43,12 @@ async def open_ingest_runtime(
     source: Source,
     registry: CollectorRegistry,
     limits: IngestLimits | None = None,
+    alerting: AlertingOptions | None = None,
 ) -> AsyncIterator[IngestRuntime]:
-    """Pool, catalogue, device directory and a started group committer; all closed on exit."""
+    """Pool, catalogue, device directory, a started group committer and alert worker; all
+    closed on exit."""
     limits = limits or IngestLimits()
+    alerting = alerting or AlertingOptions()
     metrics = IngestMetrics(registry)
     async with asyncpg.create_pool(
         database_url,
@@ -55,22 +61,55 @@ async def open_ingest_runtime(
     ) as pool:
         async with pool.acquire() as conn:
             catalogue = await load_catalogue(conn)
-        committer = GroupCommitter(
-            pool,
-            source=source,
-            max_batch_rows=limits.max_batch_rows,
-            max_delay_s=limits.max_delay_s,
-            max_pending_rows=limits.max_pending_rows,
-            workers=limits.workers,
-            metrics=metrics,
-        )
-        await committer.start()
-        try:
-            yield IngestRuntime(
-                service=IngestService(committer=committer, catalogue=catalogue, metrics=metrics),
-                devices=DeviceDirectory(pool),
-                committer=committer,
+        async with _alert_worker(
+            database_url, source=source, options=alerting, registry=registry
+        ) as alerts:
+            committer = GroupCommitter(
+                pool,
+                source=source,
+                max_batch_rows=limits.max_batch_rows,
+                max_delay_s=limits.max_delay_s,
+                max_pending_rows=limits.max_pending_rows,
+                workers=limits.workers,
                 metrics=metrics,
+                post_commit=alerts.on_commit if alerts else None,
             )
+            await committer.start()
+            try:
+                yield IngestRuntime(
+                    service=IngestService(
+                        committer=committer, catalogue=catalogue, metrics=metrics
+                    ),
+                    devices=DeviceDirectory(pool),
+                    committer=committer,
+                    metrics=metrics,
+                    alerts=alerts,
+                )
+            finally:
+                # The committer first: its last batches still queue alert evaluations.
+                await committer.stop()
+
+
+@asynccontextmanager
+async def _alert_worker(
+    database_url: str, *, source: Source, options: AlertingOptions, registry: CollectorRegistry
+) -> AsyncIterator[AlertWorker | None]:
+    """The alert worker on a pool of its own, so evaluation never takes an ingest connection."""
+    if not options.enabled:
+        yield None
+        return
+    async with asyncpg.create_pool(
+        database_url,
+        min_size=1,
+        max_size=1,
+        server_settings={"application_name": f"rpmstore-alerts-{source}"},
+        command_timeout=60,
+    ) as pool:
+        worker = AlertWorker(
+            pool, sweep_interval_s=options.sweep_interval_s, metrics=AlertMetrics(registry)
+        )
+        await worker.start()
+        try:
+            yield worker
         finally:
-            await committer.stop()
+            await worker.stop()

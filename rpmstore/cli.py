@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 
 import psycopg
 
+from api.auth import InsecureAuthConfigError
+from ingest.alerting import cli as alerts_cli
+from retention.commands import add_commands as add_retention_commands
+from retention.rechunk.commands import add_commands as add_rechunk_commands
+from rpmstore.clinician_demo import TokenSigner
 from rpmstore.localstack import stack
 from rpmstore.localstack.errors import StackNotRunningError, StackUnavailableError
 from rpmstore.logs import configure_logging
@@ -16,6 +22,7 @@ from rpmstore.settings import Settings
 from schema.edition import TimescaleMissingError, detect_edition
 from schema.migrate import MigrationError, Migrator
 from schema.registry import broker_device_accounts
+from schema.rollups import add_commands as add_rollup_commands
 
 # Errors a user can act on: printed as one line, exit status 2, no traceback.
 _USER_ERRORS = (
@@ -24,6 +31,7 @@ _USER_ERRORS = (
     MigrationError,
     TimescaleMissingError,
     psycopg.OperationalError,
+    InsecureAuthConfigError,
 )
 
 
@@ -72,6 +80,7 @@ def _db_url(settings: Settings, args: argparse.Namespace) -> int:
     prefix = "export " if args.export else ""
     pairs = {
         "DATABASE_URL": urls.database_url,
+        "API_DATABASE_URL": urls.api_database_url,
         "ADMIN_DATABASE_URL": urls.admin_database_url,
         "MQTT_URL": urls.mqtt_url,
         "MQTT_GATEWAY_URL": urls.mqtt_gateway_url,
@@ -113,11 +122,12 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn  # imported here: only this command needs the server
 
     from api.app import create_app
+    from rpmstore.asgi import app_settings
 
     if args.workers > 1:
         # Separate processes (one group committer each) use more than one core for decoding
         # and validation; they find the database the same way this process does.
-        _database_url(settings)  # fail here, once, if there is no database
+        app_settings(settings)  # fail here, once, if there is no database or no safe auth
         uvicorn.run(
             "rpmstore.asgi:app",
             factory=True,
@@ -128,7 +138,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             access_log=False,
         )
         return 0
-    app = create_app(database_url=_database_url(settings))
+    app = create_app(**app_settings(settings))
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
     return 0
 
@@ -143,6 +153,44 @@ def _broker_passwd(settings: Settings, _args: argparse.Namespace) -> int:
     with psycopg.connect(_database_url(settings)) as conn:
         for device_id, password_hash in broker_device_accounts(conn):
             print(f"{device_id}:{password_hash}")
+    return 0
+
+
+def token_signer(settings: Settings) -> TokenSigner | None:
+    """Signs demo tokens with the API's own HS256 secret (None with an IdP's key pair)."""
+    from api.auth import issue_token
+    from rpmstore.asgi import auth_config
+
+    config = auth_config(settings)
+    if config.algorithm != "HS256":
+        return None
+    secret = settings.jwt_secret.get_secret_value()
+
+    def sign(subject: str, roles: list[str], teams: list[uuid.UUID]) -> str:
+        return issue_token(config, secret, subject=subject, roles=roles, care_teams=teams)
+
+    return sign
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    from api.auth import issue_token
+    from rpmstore.asgi import auth_config
+
+    config = auth_config(settings)
+    if config.algorithm != "HS256":
+        raise InsecureAuthConfigError(
+            f"tokens signed with {config.algorithm} come from your identity provider"
+        )
+    print(
+        issue_token(
+            config,
+            settings.jwt_secret.get_secret_value(),
+            subject=args.subject,
+            roles=args.role,
+            care_teams=args.care_team,
+            lifetime_s=args.lifetime,
+        )
+    )
     return 0
 
 
@@ -170,7 +218,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
         patients=args.patients, rate=args.rate, seconds=args.seconds, seed=args.seed
     )
     try:
-        return run_ward_demo(stack.urls(settings), options)
+        return run_ward_demo(stack.urls(settings), options, token_signer(settings))
     except (DemoError, SendError) as exc:
         print(f"rpmstore: error: {exc}", file=sys.stderr)
         return 2
@@ -346,6 +394,18 @@ def build_parser() -> argparse.ArgumentParser:
         "passwd", help="print device lines for any Mosquitto password_file"
     ).set_defaults(handler=_broker_passwd)
 
+    token = commands.add_parser(
+        "token",
+        help="sign a clinician/ops/admin bearer token with RPMSTORE_JWT_SECRET (HS256)",
+    )
+    token.add_argument("--subject", required=True, help="the user (sub claim)")
+    token.add_argument(
+        "--role", action="append", required=True, choices=["clinician", "ops", "admin"]
+    )
+    token.add_argument("--care-team", action="append", type=uuid.UUID, default=[])
+    token.add_argument("--lifetime", type=int, default=3600, help="seconds (default 3600)")
+    token.set_defaults(handler=_token)
+
     ingest = commands.add_parser("ingest", help="device ingest processes")
     ingest_kinds = ingest.add_subparsers(dest="kind", required=True, metavar="TRANSPORT")
     mqtt_ingest = ingest_kinds.add_parser(
@@ -361,6 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_simulate_parser(commands)
     _add_demo_parser(commands)
+    add_rollup_commands(commands, database_url=_database_url)
+    alerts_cli.add_commands(commands, database_url=_database_url)
+    add_retention_commands(commands, _database_url)
+    add_rechunk_commands(commands, database_url=_database_url)
     return parser
 
 

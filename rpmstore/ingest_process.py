@@ -9,7 +9,7 @@ import socket
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from ingest import open_ingest_runtime
+from ingest import AlertingOptions, open_ingest_runtime
 from ingest.mqtt import MqttIngestor, MqttOptions, MqttRetireError
 from rpmstore.settings import Settings
 
@@ -35,7 +35,10 @@ async def _main(settings: Settings, *, database_url: str, mqtt_url: str, retire:
         client_id=settings.mqtt_client_id or f"rpmstore-ingest-{socket.gethostname()}",
         group=settings.mqtt_group,
     )
-    async with open_ingest_runtime(database_url, source="mqtt", registry=registry) as runtime:
+    alerting = AlertingOptions(sweep_interval_s=settings.alert_sweep_interval_s or None)
+    async with open_ingest_runtime(
+        database_url, source="mqtt", registry=registry, alerting=alerting
+    ) as runtime:
         ingestor = MqttIngestor(runtime, options)
         if retire:
             log.info("retiring MQTT session", extra={"client_id": options.client_id})

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Known to everyone who reads this file: accepted only when RPMSTORE_ENVIRONMENT is "dev".
+DEV_JWT_SECRET = "rpmstore-dev-only-jwt-secret-not-for-production"
 
 
 def _default_home() -> Path:
@@ -30,6 +34,20 @@ class Settings(BaseSettings):
     mqtt_url: str | None = Field(
         default=None, validation_alias=AliasChoices("MQTT_URL", "RPMSTORE_MQTT_URL")
     )
+    # The clinician API's connection: role rpmstore_api, scoped by row-level security. The
+    # embedded stack supplies it when unset.
+    api_database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("API_DATABASE_URL", "RPMSTORE_API_DATABASE_URL"),
+    )
+    # "dev" allows the built-in JWT secret; anything else refuses to start with it.
+    environment: str = Field(default="dev", pattern=r"^[a-z][a-z0-9_-]*$")
+    jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
+    # HS256 with jwt_secret, or RS256/ES256 with jwt_public_key (PEM) from the identity provider.
+    jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
+    jwt_public_key: str | None = None
+    jwt_issuer: str = "rpmstore"
+    jwt_audience: str = "rpmstore-api"
     home: Path = Field(default_factory=_default_home)
     stack: Literal["auto", "docker", "chroot"] = "auto"
     # Several embedded stacks can share one cached Debian root under different instance names.
@@ -44,3 +62,18 @@ class Settings(BaseSettings):
     mqtt_client_id: str | None = None
     mqtt_group: str = "rpmstore-ingest"
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Rollups (schema/rollups.py): buckets older than the raw horizon are never recomputed from
+    # raw readings (keep it shorter than raw retention, or a refresh could erase rollups whose
+    # raw chunks were dropped); the newest `lag` stays aggregated on the fly.
+    rollup_raw_horizon: timedelta = Field(default=timedelta(days=30), ge=timedelta(days=2))
+    rollup_refresh_lag: timedelta = Field(default=timedelta(minutes=1), ge=timedelta(0))
+    # The MQTT ingestor runs the missing-data alert sweep this often (seconds); 0: it does not
+    # (run `rpmstore alerts sweep --loop` instead).
+    alert_sweep_interval_s: float = Field(default=60.0, ge=0)
+    # Retention (rpmstore retention run / archive restore): where archives go (a folder or any
+    # fsspec URL; default $RPMSTORE_HOME/archive), who the ledger names as operator (default:
+    # the OS user), and how long a drop may wait for a lock before backing off (ingest must not
+    # queue behind it for longer).
+    archive_url: str | None = None
+    retention_operator: str | None = None
+    retention_lock_timeout_ms: int = Field(default=500, ge=1)

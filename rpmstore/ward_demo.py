@@ -34,6 +34,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ingest.mqtt import shutdown_client
+from rpmstore.clinician_demo import TokenSigner, print_clinician_view
 from rpmstore.localstack.model import StackUrls
 from rpmstore.simulate import (
     Endpoints,
@@ -129,12 +130,15 @@ def child_env(urls: StackUrls) -> dict[str, str]:
     Passing the URLs explicitly makes the children use exactly the servers this process
     resolved, whichever way it resolved them.
     """
-    return {
+    env = {
         **os.environ,
         "DATABASE_URL": urls.database_url,
         "MQTT_URL": urls.mqtt_url,
         "RPMSTORE_MQTT_CLIENT_ID": DEMO_INGEST_CLIENT_ID,
     }
+    if urls.api_database_url:
+        env["API_DATABASE_URL"] = urls.api_database_url
+    return env
 
 
 def wait_ready(ingestor: Child, api: Child, api_url: str) -> None:
@@ -188,7 +192,7 @@ def forget_session(mqtt_url: str, client_id: str) -> None:
         shutdown_client(client)
 
 
-def run_ward_demo(urls: StackUrls, options: DemoOptions) -> int:
+def run_ward_demo(urls: StackUrls, options: DemoOptions, sign: TokenSigner | None = None) -> int:
     """Print the ward demo; 0 when every reading sent is accounted for in the database."""
     if urls.mqtt_gateway_url is None:
         raise DemoError(
@@ -219,6 +223,9 @@ def run_ward_demo(urls: StackUrls, options: DemoOptions) -> int:
         vias: tuple[Via, ...] = ("mqtt", "http")
         reports = [_simulate(options, endpoints, via) for via in vias]
         _print_latest(urls.database_url, reports[-1])
+        if sign is not None:
+            patients = [p for report in reports for p in report.ward.patients]
+            print_clinician_view(api_url, patients, sign)
     print("stopped both processes (SIGTERM)")
     return 0 if all(r.accounted for r in reports) else 1
 

@@ -10,6 +10,7 @@ Mosquitto: the suite starts its own broker on a free port with the shipped polic
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import secrets
@@ -26,6 +27,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from rpmstore.localstack import provision
 from rpmstore.localstack.debian_root import STATE_DIR_IN_ROOT, DebianRoot, ensure_root
+from rpmstore.localstack.model import API_ROLE
 from rpmstore.localstack.mosquitto import GATEWAY_USER, INGEST_USER, MosquittoInstance
 from rpmstore.localstack.postgres import SUPERUSER, PostgresInstance, new_password
 from rpmstore.localstack.stack import mqtt_url, postgres_url
@@ -33,6 +35,8 @@ from rpmstore.settings import Settings
 from schema.migrate import Migrator
 
 TEST_OWNER = "rpmstore_test_owner"
+# Cluster-wide, fixed name: migration 0006 grants to it (see rpmstore.localstack.model.API_ROLE).
+TEST_API_ROLE = API_ROLE
 
 
 def free_port() -> int:
@@ -49,15 +53,20 @@ class PgServer:
     admin_url: str  # superuser, database "postgres"
     owner_password: str
     instance: PostgresInstance | None  # None when reusing an external server
+    api_password: str = ""
 
-    def url(self, database: str, *, admin: bool = False) -> str:
-        """A postgresql:// URL (both psycopg and asyncpg take it) for ``database``."""
+    def url(self, database: str, *, admin: bool = False, api: bool = False) -> str:
+        """A postgresql:// URL (both psycopg and asyncpg take it) for ``database``.
+
+        The owner's by default; ``admin``: the superuser's; ``api``: the clinician API role's.
+        """
         params = conninfo_to_dict(self.admin_url)
-        user, password = (
-            (str(params["user"]), str(params.get("password", "")))
-            if admin
-            else (TEST_OWNER, self.owner_password)
-        )
+        if admin:
+            user, password = str(params["user"]), str(params.get("password", ""))
+        elif api:
+            user, password = TEST_API_ROLE, self.api_password
+        else:
+            user, password = TEST_OWNER, self.owner_password
         return postgres_url(
             user, password, int(params.get("port") or 5432), database, str(params["host"])
         )
@@ -105,8 +114,10 @@ def pg_server(request: pytest.FixtureRequest) -> Iterator[PgServer]:
         instance.start()
         admin_url = postgres_url(SUPERUSER, superuser_password, instance.port, "postgres")
         server = PgServer(admin_url, owner_password, instance)
+    server = dataclasses.replace(server, api_password=new_password())
     with server.admin() as admin:
-        provision.ensure_owner_role(admin, TEST_OWNER, owner_password)
+        provision.ensure_login_role(admin, TEST_OWNER, owner_password)
+        provision.ensure_login_role(admin, TEST_API_ROLE, server.api_password)
     try:
         yield server
     finally:
@@ -185,6 +196,12 @@ class DatabaseFactory:
 def db_url(database_factory: DatabaseFactory, migrated_template: str) -> str:
     """Owner URL of a fresh, fully migrated database."""
     return database_factory.clone(migrated_template)
+
+
+@pytest.fixture
+def api_db_url(db_url: str, database_factory: DatabaseFactory) -> str:
+    """The clinician API role's URL for the same database as ``db_url``."""
+    return database_factory.server.url(str(conninfo_to_dict(db_url)["dbname"]), api=True)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from rpmstore.localstack.errors import StackUnavailableError
-from rpmstore.localstack.model import DATABASE, OWNER_ROLE, ServerStatus, StackUrls
+from rpmstore.localstack.model import API_ROLE, DATABASE, OWNER_ROLE, ServerStatus, StackUrls
 from rpmstore.settings import Settings
 
 COMPOSE_FILE = "docker-compose.yml"
@@ -19,6 +19,8 @@ SERVER_SERVICES = ("timescaledb", "mosquitto")
 SECRET_NAMES = (
     "POSTGRES_PASSWORD",
     "RPMSTORE_DB_PASSWORD",
+    "RPMSTORE_API_DB_PASSWORD",
+    "RPMSTORE_JWT_SECRET",
     "MQTT_INGEST_PASSWORD",
     "MQTT_GATEWAY_PASSWORD",
 )
@@ -128,4 +130,7 @@ def _urls_from_env(env: dict[str, str]) -> StackUrls:
         admin_database_url=pg("postgres", "POSTGRES_PASSWORD"),
         mqtt_url=mq("rpmstore-ingest", "MQTT_INGEST_PASSWORD"),
         mqtt_gateway_url=mq("rpmstore-gateway", "MQTT_GATEWAY_PASSWORD"),
+        api_database_url=pg(API_ROLE, "RPMSTORE_API_DB_PASSWORD")
+        if "RPMSTORE_API_DB_PASSWORD" in env
+        else None,
     )

@@ -8,6 +8,9 @@ from typing import Literal
 Backend = Literal["external", "docker", "chroot"]
 
 OWNER_ROLE = "rpmstore"
+# The clinician API's role: owns nothing, no BYPASSRLS; row-level security scopes it
+# (schema/migrations/0006_access.up.sql grants to this name).
+API_ROLE = "rpmstore_api"
 DATABASE = "rpmstore"
 
 
@@ -19,6 +22,7 @@ class StackUrls:
     admin_database_url: str | None
     mqtt_url: str
     mqtt_gateway_url: str | None
+    api_database_url: str | None = None
 
 
 @dataclass(frozen=True)

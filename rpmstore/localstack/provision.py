@@ -1,4 +1,4 @@
-"""Cluster-level provisioning done with the superuser: the owner role and the application database.
+"""Cluster-level provisioning done with the superuser: login roles and the application database.
 
 Utility statements (CREATE ROLE / DATABASE) take no bind parameters, so names are composed as
 ``sql.Identifier`` and the password as ``sql.Literal`` (quoted by libpq, never by string
@@ -30,8 +30,11 @@ TERMINATE_SESSIONS = (
 )
 
 
-def ensure_owner_role(admin: psycopg.Connection, role: str, password: str) -> None:
-    """Create the login role that owns rpmstore's objects, or reset its password."""
+def ensure_login_role(admin: psycopg.Connection, role: str, password: str) -> None:
+    """Create a login role (the owner, or the API's), or reset its password.
+
+    CREATE ROLE's defaults are what both need: not a superuser, no BYPASSRLS, no CREATEROLE.
+    """
     params = {"role": sql.Identifier(role), "password": sql.Literal(password)}
     if admin.execute(ROLE_EXISTS, (role,)).fetchone() is None:
         admin.execute(CREATE_ROLE.format(**params))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -22,6 +22,7 @@ from rpmstore.localstack import docker, provision
 from rpmstore.localstack.debian_root import DebianRoot, ensure_root
 from rpmstore.localstack.errors import StackNotRunningError, StackUnavailableError
 from rpmstore.localstack.model import (
+    API_ROLE,
     DATABASE,
     OWNER_ROLE,
     Backend,
@@ -46,6 +47,8 @@ class ChrootState:
     superuser_password: str
     owner_password: str
     mqtt_passwords: dict[str, str]
+    # Empty in state files written before the API role existed; filled in by the next up.
+    api_password: str = ""
 
 
 def postgres_url(
@@ -110,6 +113,9 @@ def _chroot_urls(state: ChrootState) -> StackUrls:
         mqtt_gateway_url=mqtt_url(
             GATEWAY_USER, state.mqtt_passwords[GATEWAY_USER], state.mqtt_port
         ),
+        api_database_url=postgres_url(API_ROLE, state.api_password, state.pg_port, DATABASE)
+        if state.api_password
+        else None,
     )
 
 
@@ -128,7 +134,11 @@ def _chroot_up(settings: Settings) -> StackUrls:
             superuser_password=new_password(),
             owner_password=new_password(),
             mqtt_passwords={INGEST_USER: new_password(), GATEWAY_USER: new_password()},
+            api_password=new_password(),
         )
+        _save_state(settings, state)
+    elif not state.api_password:
+        state = replace(state, api_password=new_password())
         _save_state(settings, state)
     postgres, mosquitto = _chroot_servers(settings, state)
     if not postgres.is_initialized():
@@ -137,7 +147,7 @@ def _chroot_up(settings: Settings) -> StackUrls:
     # Provision first: the broker's device accounts are read from the application database.
     stack_urls = _chroot_urls(state)
     assert stack_urls.admin_database_url is not None
-    provision_database(stack_urls.admin_database_url, state.owner_password)
+    provision_database(stack_urls.admin_database_url, state.owner_password, state.api_password)
     # Rewritten on every up: cheap, and it picks up a changed shipped broker policy.
     mosquitto.configure(state.mqtt_passwords, _device_accounts(stack_urls.database_url))
     mosquitto.start()
@@ -170,12 +180,16 @@ def sync_broker_devices(settings: Settings) -> int:
     return len(accounts)
 
 
-def provision_database(admin_database_url: str, owner_password: str) -> None:
-    """Owner role, application database and the TimescaleDB extension; all idempotent."""
+def provision_database(
+    admin_database_url: str, owner_password: str, api_password: str | None
+) -> None:
+    """Login roles, application database and the TimescaleDB extension; all idempotent."""
     with psycopg.connect(
         make_conninfo(admin_database_url, dbname="postgres"), autocommit=True
     ) as admin:
-        provision.ensure_owner_role(admin, OWNER_ROLE, owner_password)
+        provision.ensure_login_role(admin, OWNER_ROLE, owner_password)
+        if api_password:
+            provision.ensure_login_role(admin, API_ROLE, api_password)
         provision.ensure_database(admin, DATABASE, OWNER_ROLE)
     with psycopg.connect(admin_database_url, autocommit=True) as admin_on_database:
         provision.ensure_timescaledb(admin_on_database)
@@ -192,7 +206,14 @@ def up(settings: Settings) -> StackUrls:
     stack_urls = docker.up(settings)
     assert stack_urls.admin_database_url is not None  # the compose file knows the superuser
     owner_password = psycopg.conninfo.conninfo_to_dict(stack_urls.database_url)["password"]
-    provision_database(stack_urls.admin_database_url, str(owner_password))
+    api_password = (
+        psycopg.conninfo.conninfo_to_dict(stack_urls.api_database_url).get("password")
+        if stack_urls.api_database_url
+        else None
+    )
+    provision_database(
+        stack_urls.admin_database_url, str(owner_password), str(api_password or "") or None
+    )
     return stack_urls
 
 
@@ -230,6 +251,7 @@ def urls(settings: Settings) -> StackUrls:
         admin_database_url=local.admin_database_url if local else None,
         mqtt_url=broker_url,
         mqtt_gateway_url=local.mqtt_gateway_url if local else None,
+        api_database_url=settings.api_database_url or (local.api_database_url if local else None),
     )
 
 

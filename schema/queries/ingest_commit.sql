@@ -1,6 +1,6 @@
 -- The group committer's statements (asyncpg: $n placeholders). One batch = one transaction:
--- binary COPY straight into the hypertable; if any reading is already stored, that COPY is
--- rolled back to its savepoint and the batch goes through a per-session staging table and a
+-- binary COPY straight into the hypertable; if any reading is already stored, that transaction
+-- is rolled back and the batch goes, in a new one, through a per-session staging table and a
 -- merge on the natural key that classifies duplicates and conflicts. Late readings record
 -- the rollup ranges they invalidate; the batch row records the outcome.
 
@@ -74,14 +74,3 @@ VALUES ($1, $2, $3, $4, $5, $6, $7);
 
 -- name: synchronous_commit
 SELECT current_setting('synchronous_commit');
-
--- name: open_batch
--- The fast path's first statement: the batch row, written with the outcome the batch has if
--- every reading is new (a batch that meets stored keys is rolled back and merged instead), and
--- the rollup invalidation threshold. One round trip instead of two; committed_at is now(),
--- the transaction's start, wherever the INSERT stands in it.
-INSERT INTO rpm.ingest_batches (source, ingestor, row_count, duplicate_count, conflict_count,
-                                quarantine_count)
-VALUES ($1, $2, $3, 0, 0, $4)
-RETURNING batch_id,
-          (SELECT nullif(invalidation_threshold, '-infinity') FROM rpm.rollup_watermark);

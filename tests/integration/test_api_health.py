@@ -5,10 +5,10 @@ from __future__ import annotations
 import psycopg
 from fastapi.testclient import TestClient
 
-from api.app import create_app
+from tests.apphelpers import make_app
 
 
-def test_liveness_and_readiness_report_the_database(db_url: str) -> None:
+def test_liveness_and_readiness_report_the_database(db_url: str, api_db_url: str) -> None:
     with psycopg.connect(db_url) as conn:
         license_row = conn.execute("SHOW timescaledb.license").fetchone()
         version_row = conn.execute(
@@ -16,7 +16,7 @@ def test_liveness_and_readiness_report_the_database(db_url: str) -> None:
         ).fetchone()
     assert license_row is not None
     assert version_row is not None
-    with TestClient(create_app(database_url=db_url)) as client:
+    with TestClient(make_app(db_url, api_db_url)) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
         ready = client.get("/readyz")
     assert ready.status_code == 200

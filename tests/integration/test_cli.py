@@ -92,10 +92,15 @@ def test_broker_passwd_prints_a_line_per_active_device(
     assert lines[0].split(":", 1)[1].startswith("$7$101$")
 
 
-def test_serve_with_several_worker_processes(db_url: str, tmp_path: Path) -> None:
+def test_serve_with_several_worker_processes(db_url: str, api_db_url: str, tmp_path: Path) -> None:
     """`rpmstore serve --workers 2` starts worker processes that each find the database."""
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": db_url, "MQTT_URL": "mqtt://unused@127.0.0.1:1"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "API_DATABASE_URL": api_db_url,
+        "MQTT_URL": "mqtt://unused@127.0.0.1:1",
+    }
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         server = subprocess.Popen(

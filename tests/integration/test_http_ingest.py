@@ -13,8 +13,8 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
 from schema.registry import assign_device, register_device, register_patient
+from tests.apphelpers import make_app
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 @pytest.fixture
-def ward(db_url: str, conn: psycopg.Connection) -> Iterator[Ward]:
+def ward(db_url: str, api_db_url: str, conn: psycopg.Connection) -> Iterator[Ward]:
     patient = register_patient(conn)
     device = register_device(
         conn, kind="pulse_oximeter", manufacturer="Acme", model="OX-1", serial_number="SN-HTTP"
@@ -50,7 +50,7 @@ def ward(db_url: str, conn: psycopg.Connection) -> Iterator[Ward]:
     assign_device(
         conn, device_id=device.device_id, patient_id=patient, valid_from=NOW - timedelta(days=30)
     )
-    with TestClient(create_app(database_url=db_url)) as client:
+    with TestClient(make_app(db_url, api_db_url)) as client:
         yield Ward(client, conn, device.device_id, patient, device.token, other.token)
 
 

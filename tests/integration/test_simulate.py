@@ -17,8 +17,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from rpmstore.cli import token_signer
 from rpmstore.localstack.model import StackUrls
 from rpmstore.localstack.mosquitto import GATEWAY_USER, INGEST_USER
+from rpmstore.settings import Settings
 from rpmstore.simulate import (
     Endpoints,
     SimulationConfig,
@@ -42,11 +44,12 @@ class Servers:
 
 
 @pytest.fixture
-def servers(db_url: str, mqtt_broker: Broker, tmp_path: Path) -> Iterator[Servers]:
+def servers(db_url: str, api_db_url: str, mqtt_broker: Broker, tmp_path: Path) -> Iterator[Servers]:
     """The MQTT ingestor and the HTTP API as child processes on this test's database."""
     env = {
         **os.environ,
         "DATABASE_URL": db_url,
+        "API_DATABASE_URL": api_db_url,
         "MQTT_URL": mqtt_broker.url(INGEST_USER),
         # A group of its own: no other test's ingestor session shares these messages.
         "RPMSTORE_MQTT_GROUP": f"g{uuid.uuid4().hex[:8]}",
@@ -129,17 +132,21 @@ def test_simulated_ward_over_mqtt_is_fully_accounted_for(servers: Servers) -> No
 
 
 def test_ward_demo_runs_both_transports(
-    db_url: str, mqtt_broker: Broker, capsys: pytest.CaptureFixture[str]
+    db_url: str, api_db_url: str, mqtt_broker: Broker, capsys: pytest.CaptureFixture[str]
 ) -> None:
     urls = StackUrls(
         database_url=db_url,
+        api_database_url=api_db_url,
         admin_database_url=None,
         mqtt_url=mqtt_broker.url(INGEST_USER),
         mqtt_gateway_url=mqtt_broker.url(GATEWAY_USER),
     )
     options = DemoOptions(patients=2, rate=50.0, seconds=1.0, seed=3)
-    assert run_ward_demo(urls, options) == 0
+    assert run_ward_demo(urls, options, token_signer(Settings())) == 0
     out = capsys.readouterr().out
+    # The clinician's view through the API: the demo's patients, in a care team of their own.
+    assert "the ward as demo-clinician sees it" in out
+    assert out.count("SIM-") >= 2 * options.patients
     assert "simulated ward over MQTT" in out
     assert "simulated ward over HTTP" in out
     assert out.count("accounted  stored + duplicates + quarantined") == 2

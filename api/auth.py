@@ -1,0 +1,146 @@
+"""Bearer JWTs for clinicians, ops and admins (devices keep their own tokens).
+
+Claims (OIDC style): ``sub`` (the user), ``roles`` (any of clinician, ops, admin), ``care_teams``
+(care-team UUIDs), plus ``exp``, ``iss`` and ``aud``, which are required and checked. The database
+has the last word on what a user sees (row-level security); the token only says who is asking.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import jwt
+
+Role = Literal["clinician", "ops", "admin"]
+ROLES: frozenset[str] = frozenset({"clinician", "ops", "admin"})
+# Tokens are short-lived; a little clock skew between the IdP and this host is normal.
+LEEWAY_S = 30
+
+
+class InsecureAuthConfigError(RuntimeError):
+    """The API would accept tokens signed with a secret everyone knows."""
+
+
+class AuthError(Exception):
+    """The request carries no usable token (HTTP 401)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling, from a verified token."""
+
+    subject: str
+    roles: frozenset[str]
+    care_teams: tuple[uuid.UUID, ...]
+
+    @property
+    def audit_role(self) -> str:
+        """The role recorded in the audit log: the most powerful one the token holds."""
+        for role in ("admin", "clinician", "ops"):
+            if role in self.roles:
+                return role
+        return "none"
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    verification_key: str
+    algorithm: str
+    issuer: str
+    audience: str
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        environment: str,
+        secret: str,
+        dev_secret: str,
+        algorithm: str,
+        public_key: str | None,
+        issuer: str,
+        audience: str,
+    ) -> AuthConfig:
+        """Refuse the well-known development secret anywhere but in ``dev``."""
+        if algorithm == "HS256":
+            if secret == dev_secret and environment != "dev":
+                raise InsecureAuthConfigError(
+                    f"RPMSTORE_JWT_SECRET is the built-in development secret while "
+                    f"RPMSTORE_ENVIRONMENT is {environment!r}: set a secret of your own"
+                )
+            if len(secret) < 32:
+                raise InsecureAuthConfigError("RPMSTORE_JWT_SECRET must be at least 32 characters")
+            return cls(secret, algorithm, issuer, audience)
+        if not public_key:
+            raise InsecureAuthConfigError(
+                f"RPMSTORE_JWT_ALGORITHM={algorithm} needs RPMSTORE_JWT_PUBLIC_KEY (PEM)"
+            )
+        return cls(public_key, algorithm, issuer, audience)
+
+    def verify(self, token: str) -> Principal:
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self.verification_key,
+                algorithms=[self.algorithm],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=LEEWAY_S,
+                options={"require": ["exp", "sub", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("the token has expired") from None
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(f"the token is not valid: {exc}") from None
+        return _principal(claims)
+
+
+def _principal(claims: dict[str, Any]) -> Principal:
+    subject = claims["sub"]
+    roles = claims.get("roles", [])
+    teams = claims.get("care_teams", [])
+    if not isinstance(subject, str) or not subject:
+        raise AuthError("the token's sub claim must be a non-empty string")
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        raise AuthError("the token's roles claim must be a list of strings")
+    if not isinstance(teams, list):
+        raise AuthError("the token's care_teams claim must be a list of care-team ids")
+    try:
+        care_teams = tuple(uuid.UUID(str(team)) for team in teams)
+    except ValueError:
+        raise AuthError("the token's care_teams claim must hold care-team UUIDs") from None
+    return Principal(subject, frozenset(roles) & ROLES, care_teams)
+
+
+def issue_token(
+    config: AuthConfig,
+    secret: str,
+    *,
+    subject: str,
+    roles: list[str],
+    care_teams: list[uuid.UUID],
+    lifetime_s: int = 3600,
+) -> str:
+    """An HS256 token for development and tests (production tokens come from the IdP)."""
+    import time
+
+    now = int(time.time())
+    return jwt.encode(
+        {
+            "sub": subject,
+            "roles": roles,
+            "care_teams": [str(team) for team in care_teams],
+            "iss": config.issuer,
+            "aud": config.audience,
+            "iat": now,
+            "exp": now + lifetime_s,
+        },
+        secret,
+        algorithm="HS256",
+    )

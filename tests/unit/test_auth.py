@@ -1,0 +1,91 @@
+"""Clinician bearer tokens: what is accepted, what is refused, and the CLI's dev tokens."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import jwt
+import pytest
+
+from api.auth import AuthConfig, AuthError, InsecureAuthConfigError
+from rpmstore.cli import main
+from rpmstore.settings import DEV_JWT_SECRET
+from tests.apphelpers import TEST_AUTH
+
+
+def _token(**claims: object) -> str:
+    now = int(time.time())
+    base: dict[str, object] = {
+        "sub": "dr-a",
+        "roles": ["clinician"],
+        "care_teams": [],
+        "iss": TEST_AUTH.issuer,
+        "aud": TEST_AUTH.audience,
+        "exp": now + 60,
+    }
+    base.update(claims)
+    return jwt.encode({k: v for k, v in base.items() if v is not None}, DEV_JWT_SECRET, "HS256")
+
+
+def test_a_valid_token_gives_its_principal() -> None:
+    team = uuid.uuid4()
+    principal = TEST_AUTH.verify(_token(roles=["clinician", "superhero"], care_teams=[str(team)]))
+    assert principal.subject == "dr-a"
+    assert principal.roles == {"clinician"}  # unknown roles are ignored, not trusted
+    assert principal.care_teams == (team,)
+
+
+@pytest.mark.parametrize(
+    ("claims", "message"),
+    [
+        ({"exp": int(time.time()) - 3600}, "expired"),
+        ({"aud": "someone-else"}, "not valid"),
+        ({"iss": "evil"}, "not valid"),
+        ({"exp": None}, "not valid"),
+        ({"sub": None}, "not valid"),
+        ({"roles": "admin"}, "roles claim"),
+        ({"care_teams": ["not-a-uuid"]}, "care_teams claim"),
+    ],
+)
+def test_bad_tokens_are_refused_with_a_reason(claims: dict[str, object], message: str) -> None:
+    with pytest.raises(AuthError, match=message):
+        TEST_AUTH.verify(_token(**claims))
+
+
+def test_a_token_signed_with_another_key_is_refused() -> None:
+    forged = jwt.encode(
+        {"sub": "x", "iss": TEST_AUTH.issuer, "aud": TEST_AUTH.audience, "exp": 2**31},
+        "another-secret-of-sufficient-length-0123456789",
+        "HS256",
+    )
+    with pytest.raises(AuthError):
+        TEST_AUTH.verify(forged)
+
+
+def test_unsafe_configurations_are_refused() -> None:
+    def build(environment: str, secret: str, algorithm: str) -> AuthConfig:
+        return AuthConfig.build(
+            environment=environment,
+            secret=secret,
+            dev_secret=DEV_JWT_SECRET,
+            algorithm=algorithm,
+            public_key=None,
+            issuer="i",
+            audience="a",
+        )
+
+    with pytest.raises(InsecureAuthConfigError, match="development secret"):
+        build("prod", DEV_JWT_SECRET, "HS256")
+    with pytest.raises(InsecureAuthConfigError, match="at least 32"):
+        build("dev", "short", "HS256")
+    with pytest.raises(InsecureAuthConfigError, match="PUBLIC_KEY"):
+        build("prod", "", "RS256")
+
+
+def test_cli_token_is_accepted_by_the_api_config(capsys: pytest.CaptureFixture[str]) -> None:
+    team = uuid.uuid4()
+    argv = ["token", "--subject", "dr-b", "--role", "clinician", "--care-team", str(team)]
+    assert main(argv) == 0
+    principal = TEST_AUTH.verify(capsys.readouterr().out.strip())
+    assert (principal.subject, principal.care_teams) == ("dr-b", (team,))
