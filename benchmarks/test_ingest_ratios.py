@@ -405,7 +405,14 @@ def test_ingest_throughput_ratios(
     port = free_port()
     api = start_child(
         ["serve", "--port", str(port), "--workers", str(API_WORKERS)],
-        {"DATABASE_URL": urls["http"], "MQTT_URL": "mqtt://unused@127.0.0.1:1"},
+        {
+            "DATABASE_URL": urls["http"],
+            # serve also starts the clinician API, which runs as its own role
+            "API_DATABASE_URL": database_factory.server.url(
+                str(psycopg.conninfo.conninfo_to_dict(urls["http"])["dbname"]), api=True
+            ),
+            "MQTT_URL": "mqtt://unused@127.0.0.1:1",
+        },
         tmp_path / "api.log",
     )
     try:
