@@ -18,43 +18,35 @@ Backpressure: at most ``max_pending_rows`` rows wait; beyond that ``submit`` rai
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
 import logging
 import time
 import uuid
+from asyncio import FIRST_COMPLETED
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import numpy as np
 
 from ingest.metrics import IngestMetrics
-from ingest.store import Source, ValidatedReading, ingestor_name
+from ingest.store import (
+    EPOCH,
+    READING_COPY_COLUMNS,
+    STAGE_COPY_COLUMNS,
+    ReadingColumns,
+    Source,
+    ValidatedReading,
+    epoch_us,
+    ingestor_name,
+)
 from schema.sql import queries
 
 log = logging.getLogger(__name__)
 
-_STAGE_COLUMNS = (
-    "seq",
-    "measured_at",
-    "received_at",
-    "value",
-    "device_id",
-    "patient_id",
-    "metric_id",
-    "utc_offset_minutes",
-    "client_reading_id",
-)
-READING_COLUMNS = (
-    "measured_at",
-    "received_at",
-    "value",
-    "batch_id",
-    "device_id",
-    "patient_id",
-    "metric_id",
-    "utc_offset_minutes",
-    "client_reading_id",
-)
+READING_COLUMNS = READING_COPY_COLUMNS
 _QUARANTINE_COLUMNS = (
     "received_at",
     "source",
@@ -112,16 +104,30 @@ class QuarantineEntry:
 
 @dataclass(frozen=True)
 class IngestRequest:
-    """One HTTP request or MQTT message, validated."""
+    """One HTTP request or MQTT message, validated.
 
-    readings: Sequence[ValidatedReading]
-    # reading_indexes[i]: position in the payload of readings[i] (for per-reading answers)
+    ``readings`` may be given as columns (the ingest path) or as ValidatedReading objects;
+    the committer only uses ``columns``.
+    """
+
+    readings: ReadingColumns | Sequence[ValidatedReading]
+    # reading_indexes[i]: position in the payload of reading i (for per-reading answers)
     reading_indexes: Sequence[int]
     quarantine: Sequence[QuarantineEntry]
     raw_payload: bytes
     received_at: float  # time.time() when it arrived; quarantine rows record it
     claimed_device: str | None = None
     topic: str | None = None
+    columns: ReadingColumns = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        readings = self.readings
+        columns = (
+            readings
+            if isinstance(readings, ReadingColumns)
+            else ReadingColumns.from_readings(readings)
+        )
+        object.__setattr__(self, "columns", columns)  # derived once; the dataclass is frozen
 
 
 @dataclass(frozen=True)
@@ -159,7 +165,7 @@ class _Pending:
 
     def __post_init__(self) -> None:
         # At least 1: a request that only carries quarantine rows still occupies the buffer.
-        self.rows = max(1, len(self.request.readings))
+        self.rows = max(1, len(self.request.columns))
 
 
 class GroupCommitter:
@@ -192,6 +198,9 @@ class GroupCommitter:
         self._ingestor = ingestor_name()
         self._q = queries("ingest_commit")
         self._metrics = metrics
+        self._committing = 0  # batches being committed right now
+        self._held: dict[asyncio.Task[None] | None, asyncpg.Connection] = {}
+        self._commit_finished = asyncio.Event()
 
     @property
     def pending_rows(self) -> int:
@@ -223,7 +232,7 @@ class GroupCommitter:
 
     async def submit(self, request: IngestRequest) -> IngestOutcome:
         """Queue ``request`` and return once its batch has committed."""
-        rows = len(request.readings)
+        rows = len(request.columns)
         # A request bigger than the whole buffer is still admitted into an empty buffer, or it
         # could never be stored.
         if self._pending_rows and self._pending_rows + rows > self._max_pending_rows:
@@ -241,34 +250,73 @@ class GroupCommitter:
         return await pending.future
 
     async def _next_batch(self) -> list[_Pending]:
+        """Everything queued, up to ``max_batch_rows``; waits for more only while another
+        batch is committing.
+
+        Waiting pays only when the database is busy anyway: then the requests that arrive
+        meanwhile share one transaction instead of each paying for its own. When no commit is
+        in flight, waiting for stragglers only adds latency -- and when the callers cannot send
+        more until they are answered (a client waiting for its 200, MQTT's in-flight window),
+        nothing more can arrive, so a fixed delay would be paid by every batch.
+        """
         batch = [await self._queue.get()]
         rows = batch[0].rows
-        deadline = time.monotonic() + self._max_delay_s
+        deadline: float | None = None
         while rows < self._max_batch_rows:
             try:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
+                if not self._committing:
+                    break
+                if deadline is None:
+                    deadline = time.monotonic() + self._max_delay_s
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
+                next_item = await self._get_while_committing(remaining)
+                if next_item is None:
                     break
+                item = next_item
             batch.append(item)
             rows += item.rows
         return batch
 
+    async def _get_while_committing(self, timeout: float) -> _Pending | None:
+        """The next request, or None once ``timeout`` passed or no commit is in flight."""
+        self._commit_finished.clear()
+        getter = asyncio.ensure_future(self._queue.get())
+        finished = asyncio.ensure_future(self._commit_finished.wait())
+        try:
+            await asyncio.wait({getter, finished}, timeout=timeout, return_when=FIRST_COMPLETED)
+        finally:
+            finished.cancel()
+            if not getter.done():
+                getter.cancel()
+                # A get that completed while being cancelled still took an item: keep it.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await getter
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        return None
+
     async def _work(self) -> None:
+        try:
+            await self._work_batches()
+        finally:
+            await self._give_back_connection()
+
+    async def _work_batches(self) -> None:
         while True:
             batch = await self._next_batch()
+            self._committing += 1
             try:
                 outcomes = await self._commit_with_retry(batch)
                 for pending, outcome in zip(batch, outcomes, strict=True):
                     if not pending.future.done():
                         pending.future.set_result(outcome)
                 if self._post_commit is not None:  # alerting; queues only, after the answers
-                    self._post_commit([pending.request.readings for pending in batch])
+                    # Requests carry columns; the hook takes ValidatedReading objects.
+                    self._post_commit([pending.request.columns.to_readings() for pending in batch])
             except Exception as exc:  # answered to every waiting caller, never swallowed
                 log.exception("ingest batch failed permanently")
                 for pending in batch:
@@ -282,6 +330,8 @@ class GroupCommitter:
                         )
                 raise
             finally:
+                self._committing -= 1
+                self._commit_finished.set()
                 for pending in batch:
                     self._pending_rows -= pending.rows
                     self._queue.task_done()
@@ -325,14 +375,14 @@ class GroupCommitter:
         if len(batch) > 1:
             return [(await self._commit_with_retry([pending]))[0] for pending in batch]
         request = batch[0].request
-        if not request.readings:
+        if not len(request.columns):
             # Only quarantine rows left, and the database refuses even those: a defect here,
             # not bad input. Fail loudly rather than loop.
             raise error
         log.warning(
             "database refused a validated request; quarantining its readings: %s",
             error,
-            extra={"sqlstate": error.sqlstate, "readings": len(request.readings)},
+            extra={"sqlstate": error.sqlstate, "readings": len(request.columns)},
         )
         # One entry per payload position (a blood-pressure panel is two readings, one entry).
         refused = tuple(
@@ -346,39 +396,115 @@ class GroupCommitter:
         return [replace(outcome, refused=refused)]
 
     async def _commit(self, batch: list[_Pending]) -> list[IngestOutcome]:
-        # (request number, reading number) of every reading, in batch order
-        owners = [
-            (request_number, reading_number)
-            for request_number, pending in enumerate(batch)
-            for reading_number in range(len(pending.request.readings))
-        ]
+        # The readings of the whole batch, request after request, as one set of columns.
+        columns = ReadingColumns.concat([pending.request.columns for pending in batch])
+        rows = len(columns)
         started = time.monotonic()
-        async with self._pool.acquire() as conn, conn.transaction():
-            batch_id, threshold = await conn.fetchrow(self._q["begin_batch"])
-            not_stored: list[asyncpg.Record] = []
-            if owners:
-                try:
-                    # Fast path: almost every batch holds only new readings, so COPY straight
-                    # into the hypertable. A savepoint keeps the transaction usable if a
-                    # reading turns out to be stored already (unique violation on the key).
-                    async with conn.transaction():
-                        await conn.copy_records_to_table(
-                            "readings",
-                            schema_name="rpm",
-                            records=_reading_rows(batch, batch_id),
-                            columns=READING_COLUMNS,
-                        )
-                    await self._record_late(conn, batch, batch_id, threshold)
-                except asyncpg.UniqueViolationError:
-                    not_stored = await self._merge(conn, batch, batch_id, len(owners))
-            outcomes, quarantine_rows = self._outcomes(batch, batch_id, owners, not_stored)
-            if quarantine_rows:
-                await conn.copy_records_to_table(
-                    "ingest_quarantine",
+        try:
+            conn = await self._connection()
+            committed = await self._commit_new(conn, batch, columns) if rows else None
+            if committed is None:
+                committed = await self._commit_merged(conn, batch, columns)
+        except BaseException:
+            # The session's state is unknown after an error: give the connection back (the
+            # pool resets it, or discards it if it is broken) and take a fresh one next time.
+            await self._give_back_connection()
+            raise
+        batch_id, outcomes = committed
+        elapsed = time.monotonic() - started
+        if self._metrics:
+            self._metrics.batch_rows.observe(rows)
+            self._metrics.commit_seconds.observe(elapsed)
+        log.debug(
+            "ingest batch committed",
+            extra={
+                "batch_id": batch_id,
+                "requests": len(batch),
+                "rows": rows,
+                "ms": round(elapsed * 1000, 1),
+            },
+        )
+        return outcomes
+
+    async def _connection(self) -> asyncpg.Connection:
+        """The calling worker's own connection, kept from batch to batch.
+
+        Returning a connection to the pool after every batch costs a round trip (the pool
+        resets the session: RESET ALL, UNLISTEN, ...) that every caller of the batch would
+        wait for; a batch leaves no session state behind (its transaction is over), so the
+        worker keeps the connection instead.
+        """
+        task = asyncio.current_task()
+        conn = self._held.get(task)
+        if conn is not None and _reusable(conn):
+            return conn
+        await self._give_back_connection()
+        conn = await self._pool.acquire()
+        self._held[task] = conn
+        return conn
+
+    async def _give_back_connection(self) -> None:
+        conn = self._held.pop(asyncio.current_task(), None)
+        if conn is not None:
+            # A broken connection makes release fail; the pool has discarded it then.
+            with contextlib.suppress(Exception):
+                await self._pool.release(conn)
+
+    async def _commit_new(
+        self, conn: asyncpg.Connection, batch: list[_Pending], columns: ReadingColumns
+    ) -> tuple[int, list[IngestOutcome]] | None:
+        """The fast path: almost every batch holds only new readings, so COPY them straight
+        into the hypertable. None (and nothing written) if a reading is stored already.
+
+        Each statement here is a round trip that every caller of the batch waits for, so
+        there are few: BEGIN, the batch id (and the invalidation threshold), the COPY, the
+        batch row (with the outcome of a batch of new readings; last, so that a batch stopped
+        just before COMMIT has its readings COPYed, which the fault tests rely on), COMMIT.
+        A unique violation on the natural key rolls the whole transaction back; the batch
+        then goes the merge path, which classifies every reading. (A savepoint around the
+        COPY would keep the transaction, at two more round trips for every batch.)
+        """
+        try:
+            async with conn.transaction():
+                batch_id, threshold = await conn.fetchrow(self._q["begin_batch"])
+                await conn.copy_to_table(
+                    "readings",
                     schema_name="rpm",
-                    records=quarantine_rows,
-                    columns=_QUARANTINE_COLUMNS,
+                    # memoryview: asyncpg would take bytes for a file name
+                    source=memoryview(columns.copy_stream(batch_id)),
+                    columns=READING_COLUMNS,
+                    format="binary",
                 )
+                await self._record_late(conn, columns, batch_id, threshold)
+                outcomes, quarantine_rows = self._outcomes(batch, batch_id, [])
+                if quarantine_rows:
+                    await self._copy_quarantine(conn, quarantine_rows)
+                await conn.execute(
+                    self._q["insert_batch"],
+                    batch_id,
+                    self._source,
+                    self._ingestor,
+                    len(columns),
+                    0,
+                    0,
+                    len(quarantine_rows),
+                )
+        except asyncpg.UniqueViolationError:
+            return None
+        return batch_id, outcomes
+
+    async def _commit_merged(
+        self, conn: asyncpg.Connection, batch: list[_Pending], columns: ReadingColumns
+    ) -> tuple[int, list[IngestOutcome]]:
+        """The deduplicating path (and batches that carry only quarantine rows)."""
+        async with conn.transaction():
+            batch_id, _ = await conn.fetchrow(self._q["begin_batch"])
+            not_stored: list[asyncpg.Record] = []
+            if len(columns):
+                not_stored = await self._merge(conn, columns, batch_id)
+            outcomes, quarantine_rows = self._outcomes(batch, batch_id, not_stored)
+            if quarantine_rows:
+                await self._copy_quarantine(conn, quarantine_rows)
             await conn.execute(
                 self._q["insert_batch"],
                 batch_id,
@@ -389,76 +515,89 @@ class GroupCommitter:
                 sum(len(o.conflicts) for o in outcomes),
                 len(quarantine_rows),
             )
-        elapsed = time.monotonic() - started
-        if self._metrics:
-            self._metrics.batch_rows.observe(len(owners))
-            self._metrics.commit_seconds.observe(elapsed)
-        log.debug(
-            "ingest batch committed",
-            extra={
-                "batch_id": batch_id,
-                "requests": len(batch),
-                "rows": len(owners),
-                "ms": round(elapsed * 1000, 1),
-            },
+        return batch_id, outcomes
+
+    async def _copy_quarantine(
+        self, conn: asyncpg.Connection, quarantine_rows: list[tuple[object, ...]]
+    ) -> None:
+        await conn.copy_records_to_table(
+            "ingest_quarantine",
+            schema_name="rpm",
+            records=quarantine_rows,
+            columns=_QUARANTINE_COLUMNS,
         )
-        return outcomes
 
     async def _merge(
-        self, conn: asyncpg.Connection, batch: list[_Pending], batch_id: int, rows: int
+        self, conn: asyncpg.Connection, columns: ReadingColumns, batch_id: int
     ) -> list[asyncpg.Record]:
         """The deduplicating path: stage, merge on the natural key, classify what was not new."""
         await conn.execute(self._q["create_stage"])
-        await conn.copy_records_to_table(
-            "ingest_stage", records=_stage_rows(batch), columns=_STAGE_COLUMNS
+        await conn.copy_to_table(
+            "ingest_stage",
+            source=memoryview(columns.stage_stream()),
+            columns=STAGE_COPY_COLUMNS,
+            format="binary",
         )
         inserted = int(await conn.fetchval(self._q["merge_stage"], batch_id))
-        if inserted == rows:
+        if inserted == len(columns):
             return []
         return list(await conn.fetch(self._q["classify_not_stored"], batch_id))
 
     async def _record_late(
         self,
         conn: asyncpg.Connection,
-        batch: list[_Pending],
+        columns: ReadingColumns,
         batch_id: int,
         threshold: datetime | None,
     ) -> None:
         """Invalidate rolled-up ranges that this batch's late readings fall into."""
         if threshold is None:
             return
-        ranges: dict[tuple[uuid.UUID, int], tuple[datetime, datetime]] = {}
-        for pending in batch:
-            for r in pending.request.readings:
-                if r.measured_at < threshold:
-                    key = (r.patient_id, r.metric_id)
-                    low, high = ranges.get(key, (r.measured_at, r.measured_at))
-                    ranges[key] = (min(low, r.measured_at), max(high, r.measured_at))
+        late = np.flatnonzero(columns.measured_us < epoch_us(threshold))
+        if not len(late):
+            return
+        ranges: dict[tuple[uuid.UUID, int], tuple[int, int]] = {}
+        # Late readings are few (devices catching up); a loop over them is fine.
+        for patient, metric_id, measured in zip(
+            columns.patient[late],
+            columns.metric_id[late].tolist(),
+            columns.measured_us[late].tolist(),
+            strict=True,
+        ):
+            key = (uuid.UUID(bytes=patient.tobytes()), metric_id)
+            low, high = ranges.get(key, (measured, measured))
+            ranges[key] = (min(low, measured), max(high, measured))
         if ranges:
             await conn.executemany(
                 self._q["insert_invalidation"],
-                [(p, m, low, high, batch_id) for (p, m), (low, high) in ranges.items()],
+                [
+                    (p, m, _datetime(low), _datetime(high), batch_id)
+                    for (p, m), (low, high) in ranges.items()
+                ],
             )
 
     def _outcomes(
         self,
         batch: list[_Pending],
         batch_id: int,
-        owners: list[tuple[int, int]],
         not_stored: list[asyncpg.Record],
     ) -> tuple[list[IngestOutcome], list[tuple[object, ...]]]:
         duplicates = [0] * len(batch)
         conflicts: list[list[Conflict]] = [[] for _ in batch]
         quarantine_rows: list[tuple[object, ...]] = []
+        # seq (row number in the batch) -> (request number, row number in the request)
+        starts = np.cumsum([0] + [len(p.request.columns) for p in batch]).tolist()
         for record in not_stored:
-            request_number, reading_number = owners[record["seq"]]
+            seq = record["seq"]
+            request_number = bisect.bisect_right(starts, seq) - 1
+            reading_number = seq - starts[request_number]
             request = batch[request_number].request
-            reading = request.readings[reading_number]
-            if record["stored_value"] == reading.value:
+            value = float(request.columns.value[reading_number])
+            if record["stored_value"] == value:
                 duplicates[request_number] += 1
                 continue
             conflict = Conflict(
-                request.reading_indexes[reading_number], record["stored_value"], reading.value
+                request.reading_indexes[reading_number], record["stored_value"], value
             )
             conflicts[request_number].append(conflict)
             quarantine_rows.append(
@@ -477,7 +616,7 @@ class GroupCommitter:
             outcomes.append(
                 IngestOutcome(
                     batch_id=batch_id,
-                    stored=len(request.readings) - duplicates[n] - len(conflicts[n]),
+                    stored=len(request.columns) - duplicates[n] - len(conflicts[n]),
                     duplicates=duplicates[n],
                     conflicts=tuple(conflicts[n]),
                     quarantined=len(request.quarantine) + len(conflicts[n]),
@@ -501,12 +640,12 @@ class GroupCommitter:
         )
 
 
-def _reading_rows(batch: list[_Pending], batch_id: int) -> list[tuple[object, ...]]:
-    return reading_rows((r for pending in batch for r in pending.request.readings), batch_id)
-
-
 def reading_rows(readings: Iterable[ValidatedReading], batch_id: int) -> list[tuple[object, ...]]:
-    """COPY records for rpm.readings, in ``READING_COLUMNS`` order."""
+    """asyncpg ``copy_records_to_table`` records for rpm.readings, in ``READING_COLUMNS`` order.
+
+    No longer the ingest path (that writes ``ReadingColumns.copy_stream``); kept for callers
+    that hold ValidatedReading objects, such as the hot-path benchmark.
+    """
     return [
         (
             r.measured_at,
@@ -523,22 +662,15 @@ def reading_rows(readings: Iterable[ValidatedReading], batch_id: int) -> list[tu
     ]
 
 
-def _stage_rows(batch: list[_Pending]) -> list[tuple[object, ...]]:
-    readings = (r for pending in batch for r in pending.request.readings)
-    return [
-        (
-            seq,
-            r.measured_at,
-            r.received_at,
-            r.value,
-            r.device_id,
-            r.patient_id,
-            r.metric_id,
-            r.utc_offset_minutes,
-            r.client_reading_id,
-        )
-        for seq, r in enumerate(readings)
-    ]
+def _reusable(conn: asyncpg.Connection) -> bool:
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:  # the pool took it back itself when the connection was lost
+        return False
+
+
+def _datetime(epoch_us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=epoch_us)
 
 
 async def check_durability(pool: asyncpg.Pool) -> None:

@@ -114,17 +114,9 @@ class IngestService:
             received_at=received_at,
             max_future=self._max_future,
         )
-        rejected_indexes = {r.index for r in result.rejected}
-        # Accepted readings come in payload order, a blood-pressure panel as two readings.
-        reading_indexes = [
-            r.index
-            for r in payload.readings
-            if r.index not in rejected_indexes
-            for _ in range(2 if r.is_panel else 1)
-        ]
         request = IngestRequest(
-            readings=result.accepted,
-            reading_indexes=reading_indexes,
+            readings=result.columns,
+            reading_indexes=result.indexes,
             quarantine=[_entry(r) for r in result.rejected],
             raw_payload=raw,
             received_at=received,

@@ -30,7 +30,13 @@ is rejected once (at its index) with the earliest reason of its two parts (systo
 and the detail names the part.
 
 Checks 5 and 6 are resolved once per distinct (metric, unit) pair in the payload; checks 7 to 11
-run vectorised with numpy over all readings of the payload.
+run vectorised with numpy over all readings of the payload, and the accepted readings come out
+as columns (``ReadingColumns``) without a Python object per reading. Python code runs per
+reading only for rejected readings, to write their details.
+
+A new check goes in three places: its reason in ``REASONS`` (check order), a lane code in
+``_LANE_REASONS`` (when it is a per-reading check) set in ``_LaneChecks``, and its detail in
+``_LaneChecks.rejection``.
 """
 
 from __future__ import annotations
@@ -46,14 +52,8 @@ import numpy.typing as npt
 
 from ingest.catalogue import Catalogue, MetricSpec
 from ingest.devices import DeviceContext
-from ingest.payload import (
-    BP_PANEL_METRICS,
-    EPOCH,
-    DecodedPayload,
-    RawReading,
-    json_excerpt,
-)
-from ingest.store import ValidatedReading
+from ingest.payload import BP_PANEL_METRICS, EPOCH, DecodedPayload, json_excerpt
+from ingest.store import ReadingColumns, ValidatedReading, uuid_bytes
 
 UNKNOWN_DEVICE: Final = "unknown_device"
 DEVICE_MISMATCH: Final = "device_mismatch"
@@ -107,8 +107,16 @@ class Rejection:
 
 @dataclass(frozen=True)
 class ValidationResult:
-    accepted: list[ValidatedReading]  # payload order; a BP panel gives systolic, diastolic
+    # Accepted readings in payload order (a BP panel gives systolic, then diastolic) ...
+    columns: ReadingColumns
+    # ... and the payload position each came from.
+    indexes: list[int]
     rejected: list[Rejection]  # ordered by index, one per rejected entry of the payload
+
+    @property
+    def accepted(self) -> list[ValidatedReading]:
+        """The accepted readings one by one (not for the hot path)."""
+        return self.columns.to_readings()
 
 
 def validate_readings(
@@ -132,59 +140,90 @@ def validate_readings(
     now_us = _epoch_us(now if now is not None else received_at, "now")
     oldest_us = None if oldest_allowed is None else _epoch_us(oldest_allowed, "oldest_allowed")
 
+    columns = payload.columns
     device_problem = _device_problem(payload, device)
     if device_problem is not None:
         reason, detail = device_problem
-        everything = [Rejection(r.index, reason, detail, r.raw) for r in payload.readings]
+        everything = [
+            Rejection(index, reason, detail, columns.raw(row))
+            for row, index in enumerate(columns.index.tolist())
+        ]
         everything += [Rejection(e.index, reason, detail, e.raw) for e in payload.errors]
         everything.sort(key=_INDEX)
-        return ValidationResult([], everything)
+        return ValidationResult(ReadingColumns.empty(), [], everything)
     assert device is not None  # _device_problem reports a missing device
 
     rejected = [Rejection(e.index, INVALID_READING, e.detail, e.raw) for e in payload.errors]
 
-    # Checks 5 and 6, once per distinct (metric, unit); every reading that passes them becomes
-    # one lane (a BP panel two) in the arrays of the vectorised checks.
+    # Checks 5 and 6, once per distinct (metric, unit).
     resolver = _Resolver(catalogue)
-    resolved = resolver.resolved
-    kept: list[RawReading] = []
-    values: list[float] = []
-    times: list[int] = []
-    lane_kinds: list[int] = []
-    for reading in payload.readings:
-        lanes = resolved.get((reading.metric, reading.unit))
-        if lanes is None:
-            lanes = resolver.resolve(reading.metric, reading.unit)
+    pairs = list(zip(columns.metric, columns.unit, strict=True))
+    pair_numbers = {pair: number for number, pair in enumerate(dict.fromkeys(pairs))}
+    if len(pair_numbers) == 1:  # the usual payload: one metric in one unit
+        pair_of_row = np.zeros(len(pairs), dtype=np.intp)
+    else:
+        pair_of_row = np.fromiter(map(pair_numbers.__getitem__, pairs), np.intp, len(pairs))
+    # Per pair: its lane kinds (-1: none) or unusable.
+    first_kind = np.full(len(pair_numbers), -1, dtype=np.intp)
+    second_kind = np.full(len(pair_numbers), -1, dtype=np.intp)
+    unusable: dict[int, _Unusable] = {}
+    for (metric, unit), number in pair_numbers.items():
+        lanes = resolver.resolve(metric, unit)
         if isinstance(lanes, _Unusable):
-            rejected.append(Rejection(reading.index, lanes.reason, lanes.detail, reading.raw))
-            continue
-        kept.append(reading)
-        if reading.value is not None:
-            values.append(reading.value)
-            times.append(reading.time_us)
-            lane_kinds.append(lanes[0])
+            unusable[number] = lanes
         else:
-            assert reading.systolic is not None and reading.diastolic is not None
-            values += (reading.systolic, reading.diastolic)
-            times += (reading.time_us, reading.time_us)
-            lane_kinds += lanes
+            first_kind[number] = lanes[0]
+            if len(lanes) > 1:
+                second_kind[number] = lanes[1]
+    kept = np.arange(len(columns), dtype=np.intp)
+    if unusable:
+        usable = first_kind[pair_of_row] >= 0
+        for row in np.flatnonzero(~usable).tolist():
+            problem = unusable[int(pair_of_row[row])]
+            rejected.append(
+                Rejection(int(columns.index[row]), problem.reason, problem.detail, columns.raw(row))
+            )
+        kept = kept[usable]
 
-    accepted: list[ValidatedReading] = []
-    if kept:
+    # Every kept reading is one lane (a BP panel two) in the arrays of the vectorised checks.
+    if columns.is_panel.any():
+        lane_counts = 1 + columns.is_panel[kept]
+        lane_row = np.repeat(kept, lane_counts)
+        lane_start = np.cumsum(lane_counts) - lane_counts
+        second = (np.arange(len(lane_row)) - np.repeat(lane_start, lane_counts)) == 1
+        panel = columns.is_panel[lane_row]
+        lane_value = np.where(
+            panel,
+            np.where(second, columns.diastolic[lane_row], columns.systolic[lane_row]),
+            columns.value[lane_row],
+        )
+        lane_pair = pair_of_row[lane_row]
+        lane_kind = np.where(second, second_kind[lane_pair], first_kind[lane_pair])
+    else:
+        lane_row = kept
+        second = np.zeros(len(kept), dtype=np.bool_)
+        lane_value = columns.value[kept]
+        lane_kind = first_kind[pair_of_row[kept]]
+
+    accepted = ReadingColumns.empty()
+    indexes: list[int] = []
+    if len(kept):
         checks = _LaneChecks(
             resolver,
             device,
-            values,
-            times,
-            lane_kinds,
+            lane_value,
+            columns.time_us[lane_row],
+            lane_kind,
             now_us=now_us,
             max_future_us=max_future // _ONE_US,
             oldest_us=oldest_us,
         )
-        _collect(kept, checks, device, received_at, accepted, rejected)
+        accepted, indexes = _collect(
+            payload, checks, lane_row, second, device, received_at, rejected
+        )
 
     rejected.sort(key=_INDEX)
-    return ValidationResult(accepted, rejected)
+    return ValidationResult(accepted, indexes, rejected)
 
 
 def _device_problem(
@@ -303,9 +342,9 @@ class _LaneChecks:
         self,
         resolver: _Resolver,
         device: DeviceContext,
-        values: list[float],
-        times: list[int],
-        lane_kinds: list[int],
+        values: npt.NDArray[np.float64],
+        times: npt.NDArray[np.int64],
+        lane_kinds: npt.NDArray[np.intp],
         *,
         now_us: int,
         max_future_us: int,
@@ -320,13 +359,14 @@ class _LaneChecks:
         self.lane_kinds = lane_kinds
 
         kinds = self.kinds
-        kind = np.asarray(lane_kinds, dtype=np.intp)
+        kind = lane_kinds
         scale = np.array([k.scale for k in kinds], dtype=np.float64)[kind]
         shift = np.array([k.shift for k in kinds], dtype=np.float64)[kind]
         low = np.array([k.spec.plausible_min for k in kinds], dtype=np.float64)[kind]
         high = np.array([k.spec.plausible_max for k in kinds], dtype=np.float64)[kind]
-        value = np.array(values, dtype=np.float64)
-        time = np.array(times, dtype=np.int64)
+        value = values
+        time = times
+        self.metric_ids = np.array([k.spec.metric_id for k in kinds], dtype=np.int16)[kind]
         # Overflow of a huge finite value to inf is expected (it fails the range check).
         with np.errstate(over="ignore", invalid="ignore"):
             canonical = value * scale + shift
@@ -345,19 +385,19 @@ class _LaneChecks:
         code[~((canonical >= low) & (canonical <= high))] = _OUT_OF_RANGE
         code[~np.isfinite(value)] = _NON_FINITE
 
-        self.codes: list[int] = code.tolist()
-        self.canonical: list[float] = canonical.tolist()
-        self.slots: list[int] = slot.tolist()
+        self.codes = code
+        self.canonical = canonical
+        self.slots = slot
         self.values = values
 
-    def rejection(self, reading: RawReading, lane: int) -> Rejection:
-        code = self.codes[lane]
+    def rejection(self, index: int, raw: dict[str, Any], lane: int) -> Rejection:
+        code = int(self.codes[lane])
         reason = _LANE_REASONS[code]
         assert reason is not None
-        kind = self.kinds[self.lane_kinds[lane]]
-        where = f"readings[{reading.index}]"
-        value = self.values[lane]
-        time_us = self.times[lane]
+        kind = self.kinds[int(self.lane_kinds[lane])]
+        where = f"readings[{index}]"
+        value = float(self.values[lane])
+        time_us = int(self.times[lane])
         if code == _NON_FINITE:
             detail = (
                 f"{where}.{kind.member} is {_json_number(value)}; only finite numbers are stored"
@@ -389,9 +429,9 @@ class _LaneChecks:
         else:
             detail = (
                 f"{where}: device {self.device.device_id} was assigned to no patient at "
-                f"{_iso(time_us)}{self.assignments.explain_gap(self.slots[lane])}"
+                f"{_iso(time_us)}{self.assignments.explain_gap(int(self.slots[lane]))}"
             )
-        return Rejection(reading.index, reason, detail, reading.raw)
+        return Rejection(index, reason, detail, raw)
 
 
 class _AssignmentTable:
@@ -399,7 +439,7 @@ class _AssignmentTable:
 
     def __init__(self, device: DeviceContext) -> None:
         periods = sorted(device.assignments, key=attrgetter("valid_from"))
-        self.patients = [a.patient_id for a in periods]
+        self.patients = uuid_bytes(a.patient_id for a in periods)
         self.starts = [_epoch_us(a.valid_from, "Assignment.valid_from") for a in periods]
         self.ends = [
             _INT64.max if a.valid_until is None else _epoch_us(a.valid_until, "valid_until")
@@ -434,64 +474,68 @@ class _AssignmentTable:
 
 
 def _collect(
-    kept: list[RawReading],
+    payload: DecodedPayload,
     checks: _LaneChecks,
+    lane_row: npt.NDArray[np.intp],
+    second: npt.NDArray[np.bool_],
     device: DeviceContext,
     received_at: datetime,
-    accepted: list[ValidatedReading],
     rejected: list[Rejection],
-) -> None:
+) -> tuple[ReadingColumns, list[int]]:
     """Turn lane results back into readings: accepted ones attributed, panels kept whole."""
+    columns = payload.columns
     codes = checks.codes
-    canonical = checks.canonical
-    slots = checks.slots
-    times = checks.times
-    patients = checks.assignments.patients
-    metric_ids = [k.spec.metric_id for k in checks.kinds]
-    lane_kinds = checks.lane_kinds
-    device_id = device.device_id
-    lane = 0
-    for reading in kept:
-        if reading.value is not None:
-            if codes[lane] == _OK:
-                accepted.append(
-                    ValidatedReading(
-                        EPOCH + timedelta(microseconds=times[lane]),
-                        device_id,
-                        patients[slots[lane]],
-                        metric_ids[lane_kinds[lane]],
-                        canonical[lane],
-                        received_at,
-                        reading.utc_offset_minutes,
-                        reading.client_id,
-                    )
-                )
-            else:
-                rejected.append(checks.rejection(reading, lane))
-            lane += 1
-            continue
-        # A BP panel: two lanes, stored together or not at all.
-        first, second = codes[lane], codes[lane + 1]
-        if first == _OK and second == _OK:
-            measured_at = EPOCH + timedelta(microseconds=times[lane])
-            patient_id = patients[slots[lane]]
-            for part, client_suffix in ((lane, ":systolic"), (lane + 1, ":diastolic")):
-                accepted.append(
-                    ValidatedReading(
-                        measured_at,
-                        device_id,
-                        patient_id,
-                        metric_ids[lane_kinds[part]],
-                        canonical[part],
-                        received_at,
-                        reading.utc_offset_minutes,
-                        None if reading.client_id is None else reading.client_id + client_suffix,
-                    )
-                )
-        else:
-            failing = lane if first != _OK and (second == _OK or first <= second) else lane + 1
-            rejected.append(checks.rejection(reading, failing))
-        lane += 2
+    failed = codes != _OK
+    lane_ok = np.ones(len(lane_row), dtype=np.bool_)
+    if failed.any():
+        # A reading (a panel: both its lanes) is stored only if all its lanes passed.
+        row_failed = np.zeros(len(columns), dtype=np.bool_)
+        row_failed[lane_row[failed]] = True
+        lane_ok = ~row_failed[lane_row]
+        for lane in np.flatnonzero(failed & ~second).tolist():
+            row = int(lane_row[lane])
+            if columns.is_panel[row]:
+                # Report the earliest reason of the two parts (systolic on a tie).
+                first_code, second_code = int(codes[lane]), int(codes[lane + 1])
+                if second_code != _OK and (first_code == _OK or second_code < first_code):
+                    continue  # reported from the diastolic lane below
+            rejected.append(checks.rejection(int(columns.index[row]), columns.raw(row), lane))
+        for lane in np.flatnonzero(failed & second).tolist():
+            first_code, second_code = int(codes[lane - 1]), int(codes[lane])
+            if first_code == _OK or second_code < first_code:
+                row = int(lane_row[lane])
+                rejected.append(checks.rejection(int(columns.index[row]), columns.raw(row), lane))
+
+    accepted = np.flatnonzero(lane_ok)
+    rows = lane_row[accepted]
+    count = len(accepted)
+    client_ids: list[str | None] | None = None
+    if columns.client_id is not None:
+        ids = columns.client_id
+        panel = columns.is_panel
+        client_ids = [
+            _client_id(ids[row], bool(panel[row]), is_second)
+            for row, is_second in zip(rows.tolist(), second[accepted].tolist(), strict=True)
+        ]
+    result = ReadingColumns(
+        measured_us=checks.times[accepted],
+        received_us=np.full(count, _epoch_us(received_at, "received_at"), dtype=np.int64),
+        value=checks.canonical[accepted],
+        device=np.repeat(uuid_bytes((device.device_id,)), count, axis=0),
+        patient=checks.assignments.patients[checks.slots[accepted]],
+        metric_id=checks.metric_ids[accepted],
+        utc_offset=columns.utc_offset[rows],
+        offset_unknown=columns.offset_unknown[rows],
+        client_ids=client_ids,
+    )
+    return result, columns.index[rows].tolist()
+
+
+def _client_id(sent: str | None, panel: bool, is_second: bool) -> str | None:
+    """A panel's parts are stored with the panel's id and a suffix naming the part."""
+    if sent is None or not panel:
+        return sent
+    return sent + (":diastolic" if is_second else ":systolic")
 
 
 def _aware(value: datetime, name: str) -> datetime:

@@ -1,6 +1,6 @@
 -- The group committer's statements (asyncpg: $n placeholders). One batch = one transaction:
--- binary COPY straight into the hypertable; if any reading is already stored, that COPY is
--- rolled back to its savepoint and the batch goes through a per-session staging table and a
+-- binary COPY straight into the hypertable; if any reading is already stored, that transaction
+-- is rolled back and the batch goes, in a new one, through a per-session staging table and a
 -- merge on the natural key that classifies duplicates and conflicts. Late readings record
 -- the rollup ranges they invalidate; the batch row records the outcome.
 

@@ -378,3 +378,91 @@ def test_the_fast_path_agrees_with_the_full_checks(sent: dict[str, Any]) -> None
     full = payload_module._decode_reading_fully(4, sent)
     assert isinstance(fast, RawReading)
     assert fast == full
+
+
+# --- the column-by-column path and the JSON parsers ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "readings",
+    [
+        pytest.param([reading()], id="one"),
+        pytest.param(
+            [reading(value=60 + n, time=INSTANT_MS + n * 1000) for n in range(500)],
+            id="epoch-ms",
+        ),
+        pytest.param(
+            [
+                reading(time="2026-11-24T10:00:00+01:00", id="r-1"),
+                reading(time="2026-11-24t09:00:00.5z"),
+                reading(time="2026-11-24T09:00:00-00:00", id="x" * 128, value=2**53),
+                reading(time=INSTANT_MS, value=-(2**53), metric="heart_rate", unit="/min"),
+            ],
+            id="mixed-times-ids-and-bounds",
+        ),
+    ],
+)
+def test_ordinary_payloads_decode_column_by_column_as_reading_by_reading(
+    readings: list[dict[str, Any]],
+) -> None:
+    assert payload_module._decode_ordinary(readings) is not None, "the column path is taken"
+    decoded = decode_payload(body(*readings))
+    expected = [payload_module._decode_reading(n, item) for n, item in enumerate(readings)]
+    assert decoded.readings == expected
+    assert decoded.errors == []
+
+
+@pytest.mark.parametrize(
+    "readings",
+    [
+        pytest.param([reading(), reading(value="97")], id="a-bad-value"),
+        pytest.param([reading(), reading(value=True)], id="a-boolean"),
+        pytest.param([reading(), reading(value=2**53 + 1)], id="an-integer-beyond-a-double"),
+        pytest.param([reading(), reading(time="2026-11-24T09:00:00")], id="no-offset"),
+        pytest.param([reading(), reading(time=-1)], id="before-1970"),
+        pytest.param([reading(), reading(id="ünïcode")], id="non-ascii-id"),
+        pytest.param([reading(), reading(id="")], id="empty-id"),
+        pytest.param([reading(), reading(metric=["spo2"])], id="unhashable-metric"),
+        pytest.param([reading(), reading(unit="")], id="empty-unit"),
+        pytest.param([reading(), reading(systolic=120)], id="stray-systolic"),
+        pytest.param(
+            [reading(), reading(metric="blood_pressure", value=..., systolic=1, diastolic=2)],
+            id="a-panel",
+        ),
+        pytest.param([reading(), "not an object"], id="not-an-object"),
+    ],
+)
+def test_other_payloads_decode_reading_by_reading(readings: list[Any]) -> None:
+    """Anything but ordinary readings leaves the column path, and the result is unchanged."""
+    assert payload_module._decode_ordinary(readings) is None
+    decoded = decode_payload(body(*readings))
+    results = [payload_module._decode_reading(n, item) for n, item in enumerate(readings)]
+    assert decoded.readings == [r for r in results if isinstance(r, RawReading)]
+    assert decoded.errors == [r for r in results if not isinstance(r, RawReading)]
+
+
+@pytest.mark.parametrize(
+    ("literal", "member", "shown"),
+    [
+        # orjson would read these as floats (1e+20): the standard library's reading decides.
+        ("100000000000000000000", "time", "time 100000000000000000000 is not epoch milliseconds"),
+        ("-100000000000000000000", "id", "got number -100000000000000000000"),
+        ("18446744073709551616", "metric", "got number 18446744073709551616"),
+    ],
+)
+def test_integers_beyond_64_bits_are_read_as_the_reference_reads_them(
+    literal: str, member: str, shown: str
+) -> None:
+    raw = body(reading(**{member: "PLACEHOLDER"})).replace(b'"PLACEHOLDER"', literal.encode())
+    (error,) = decode_payload(raw).errors
+    assert shown in error.detail
+
+
+def test_a_lone_surrogate_in_a_client_id_is_refused_for_that_reading_only() -> None:
+    """orjson refuses the whole document; the standard library reads it, as the contract says."""
+    raw = b'{"readings": [' + body(reading())[14:-2] + b', {"metric": "spo2", "value": 97, '
+    raw += b'"unit": "%", "time": "2026-11-24T09:00:00Z", "id": "\\ud800"}]}'
+    decoded = decode_payload(raw)
+    assert [r.index for r in decoded.readings] == [0]
+    (error,) = decoded.errors
+    assert (error.index, "readings[1].id") == (1, error.detail[: len("readings[1].id")])
