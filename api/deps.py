@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, cast
 
 import psycopg
@@ -23,7 +23,7 @@ async def _connection(request: Request) -> AsyncIterator[psycopg.AsyncConnection
 ConnDep = Annotated[psycopg.AsyncConnection, Depends(_connection)]
 
 
-def _ingest(request: Request) -> IngestRuntime:
+async def _ingest(request: Request) -> IngestRuntime:
     return cast(IngestRuntime, request.app.state.ingest)
 
 
@@ -33,7 +33,7 @@ IngestDep = Annotated[IngestRuntime, Depends(_ingest)]
 _bearer = HTTPBearer(auto_error=False, description="A clinician, ops or admin JWT")
 
 
-def _principal(
+async def _principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
@@ -54,8 +54,8 @@ def _principal(
         ) from None
 
 
-def _require(*roles: str) -> Callable[[Principal], Principal]:
-    def check(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+def _require(*roles: str) -> Callable[[Principal], Awaitable[Principal]]:
+    async def check(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
         if principal.roles.isdisjoint(roles):
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN, f"this route needs one of the roles: {', '.join(roles)}"
@@ -70,14 +70,14 @@ CareUser = Annotated[Principal, Depends(_require("clinician", "admin"))]
 AdminUser = Annotated[Principal, Depends(_require("admin"))]
 
 
-def _api_pool(request: Request) -> AsyncConnectionPool[Any]:
+async def _api_pool(request: Request) -> AsyncConnectionPool[Any]:
     return cast(AsyncConnectionPool[Any], request.app.state.api_pool)
 
 
 ApiPoolDep = Annotated[AsyncConnectionPool[Any], Depends(_api_pool)]
 
 
-def route_template(request: Request) -> str:
+async def route_template(request: Request) -> str:
     """The route's path template (``/v1/patients/{patient_id}``), for the audit log."""
     route = request.scope.get("route")
     return str(getattr(route, "path", request.url.path))
