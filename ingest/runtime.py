@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from ingest.alerting.metrics import AlertMetrics
 from ingest.alerting.worker import AlertingOptions, AlertWorker
 from ingest.committer import GroupCommitter
 from ingest.directory import DeviceDirectory, load_catalogue
+from ingest.horizon import RetentionHorizon
 from ingest.metrics import IngestMetrics
 from ingest.service import IngestService
 from ingest.store import Source
@@ -61,6 +63,9 @@ async def open_ingest_runtime(
     ) as pool:
         async with pool.acquire() as conn:
             catalogue = await load_catalogue(conn)
+        horizon = RetentionHorizon(pool)
+        await horizon.refresh()
+        horizon_task = asyncio.create_task(horizon.run(), name="retention-horizon")
         async with _alert_worker(
             database_url, source=source, options=alerting, registry=registry
         ) as alerts:
@@ -78,7 +83,10 @@ async def open_ingest_runtime(
             try:
                 yield IngestRuntime(
                     service=IngestService(
-                        committer=committer, catalogue=catalogue, metrics=metrics
+                        committer=committer,
+                        catalogue=catalogue,
+                        metrics=metrics,
+                        horizon=horizon,
                     ),
                     devices=DeviceDirectory(pool),
                     committer=committer,
@@ -88,6 +96,8 @@ async def open_ingest_runtime(
             finally:
                 # The committer first: its last batches still queue alert evaluations.
                 await committer.stop()
+                horizon_task.cancel()
+                await asyncio.gather(horizon_task, return_exceptions=True)
 
 
 @asynccontextmanager

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from ingest.catalogue import Catalogue
 from ingest.committer import GroupCommitter, IngestOutcome, IngestRequest, QuarantineEntry
 from ingest.devices import DeviceContext
+from ingest.horizon import RetentionHorizon
 from ingest.metrics import IngestMetrics
 from ingest.payload import PayloadError, decode_payload
 from ingest.store import Source
@@ -58,7 +59,9 @@ class IngestService:
         catalogue: Catalogue,
         metrics: IngestMetrics,
         max_future: timedelta = timedelta(minutes=5),
+        horizon: RetentionHorizon | None = None,
     ) -> None:
+        self._horizon = horizon
         self._committer = committer
         self._catalogue = catalogue
         self._metrics = metrics
@@ -113,6 +116,7 @@ class IngestService:
             catalogue=self._catalogue,
             received_at=received_at,
             max_future=self._max_future,
+            oldest_allowed=self._horizon.value if self._horizon else None,
         )
         request = IngestRequest(
             readings=result.columns,

@@ -206,3 +206,28 @@ def test_metrics_count_every_outcome(ward: Ward) -> None:
     quarantined = 'outcome="quarantined",reason="out_of_range",source="http"'
     assert f"rpmstore_ingest_readings_total{{{quarantined}}} 1.0" in text
     assert "rpmstore_ingest_commit_seconds_count" in text
+
+
+def test_readings_older_than_the_retention_horizon_are_refused(ward: Ward) -> None:
+    # Raw readings are kept 90 days (rpm.retention_policies): an older reading would land in a
+    # chunk the next retention run drops, so it is quarantined instead of acknowledged.
+    device = register_device(
+        ward.conn, kind="scale", manufacturer="Acme", model="SC-2", serial_number="SN-OLD"
+    )
+    assign_device(
+        ward.conn,
+        device_id=device.device_id,
+        patient_id=ward.patient_id,
+        valid_from=NOW - timedelta(days=400),
+    )
+    old = {"metric": "body_weight", "value": 80, "unit": "kg", "time": at(100 * 24 * 60)}
+    recent = {"metric": "body_weight", "value": 81, "unit": "kg", "time": at(80 * 24 * 60)}
+    response = ward.post({"readings": [old, recent]}, token=device.token)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["stored"] == 1
+    assert [(r["index"], r["reason"]) for r in body["rejected"]] == [(0, "too_old")]
+    reasons = ward.conn.execute(
+        "SELECT reason FROM rpm.ingest_quarantine WHERE reading_index = 0"
+    ).fetchall()
+    assert reasons == [("too_old",)]
