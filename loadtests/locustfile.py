@@ -8,8 +8,9 @@
 
 Each user owns one registered device and sends that device's payloads (the ward simulator's
 ``TrafficPlan``: live readings plus shares of exact re-sends and late readings) at a constant
-rate. Clinician users (panel, timeline, alert inbox, acknowledge) are one more ``User`` class
-in this file once the clinician API exists; they are not part of this version.
+rate. :class:`Clinician` users work the ward's care team through the clinician API, in
+proportions of a shift: the panel and a patient's 24-hour timeline most, the alert inbox
+often, acknowledging an open alert now and then.
 
 Run by ``loadtests/run.py`` (``make loadtest``), which registers the devices and writes the
 fleet file named by ``RPMSTORE_LOADTEST_FLEET``.
@@ -22,7 +23,7 @@ import json
 import os
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -187,3 +188,72 @@ class DeviceOverMqtt(User):
         )
         if error is None:
             _Devices.sent_readings["mqtt"] += payload.readings
+
+
+PANEL_NAME = "GET /v1/patients"
+TIMELINE_NAME = "GET /v1/patients/{id}/vitals"
+INBOX_NAME = "GET /v1/alerts"
+ACK_NAME = "POST /v1/alerts/{id}/ack"
+
+
+class Clinician(FastHttpUser):
+    """A clinician of the load-test ward's care team (token made by the runner)."""
+
+    fixed_count = int(os.environ.get("RPMSTORE_LOADTEST_CLINICIANS", "0"))
+    wait_time = constant_throughput(1.0)
+
+    def on_start(self) -> None:
+        fleet = _Devices.fleet
+        assert fleet is not None, "the fleet is loaded in the init event"
+        self.patients = [str(p.patient_id) for p in fleet.ward.patients]
+        self.turn = itertools.count()
+        token = os.environ["RPMSTORE_LOADTEST_CLINICIAN_TOKEN"]
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    def _patient(self) -> str:
+        return self.patients[next(self.turn) % len(self.patients)]
+
+    @task(4)
+    def panel(self) -> None:
+        self.client.get("/v1/patients", headers=self.headers, name=PANEL_NAME)
+
+    @task(4)
+    def timeline(self) -> None:
+        end = datetime.now(UTC)
+        params = {
+            "metric": "spo2",
+            "start": (end - timedelta(hours=24)).isoformat(),
+            "end": end.isoformat(),
+            "resolution": "auto",
+        }
+        self.client.get(
+            f"/v1/patients/{self._patient()}/vitals",
+            params=params,
+            headers=self.headers,
+            name=TIMELINE_NAME,
+        )
+
+    @task(2)
+    def inbox(self) -> None:
+        self.client.get("/v1/alerts", headers=self.headers, name=INBOX_NAME)
+
+    @task(1)
+    def acknowledge(self) -> None:
+        response = self.client.get(
+            "/v1/alerts",
+            params={"status": "open", "limit": 1},
+            headers=self.headers,
+            name=INBOX_NAME,
+        )
+        items = response.json()["items"] if response.status_code == 200 else []
+        if items:
+            # Another clinician may have acknowledged it meanwhile: 409 is then the right answer.
+            with self.client.post(
+                f"/v1/alerts/{items[0]['alert_id']}/ack",
+                json={"note": "load test"},
+                headers=self.headers,
+                name=ACK_NAME,
+                catch_response=True,
+            ) as ack:
+                if ack.status_code in (200, 409):
+                    ack.success()

@@ -38,16 +38,19 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+import httpx2
 import numpy as np
 import psutil
 import psycopg
 
 from loadtests.fleet import Fleet, split_devices
+from rpmstore.cli import token_signer
+from rpmstore.clinician_demo import create_care_team
 from rpmstore.localstack import stack
 from rpmstore.logs import configure_logging
 from rpmstore.settings import Settings
 from rpmstore.simulate import DatabaseOutcome, Via, database_outcome
-from rpmstore.simulate_ward import Shares, register_ward
+from rpmstore.simulate_ward import Shares, Ward, register_ward
 from rpmstore.ward_demo import child, child_env, forget_session, free_port, wait_ready
 from schema.sql import parse_queries, queries
 
@@ -57,6 +60,7 @@ HERE = Path(__file__).resolve().parent
 LOCUSTFILE = HERE / "locustfile.py"
 CONFIG = HERE / "loadtest.toml"
 OUT = HERE.parent / "reports" / "loadtest"
+LOADTEST_CLINICIAN: Final = "loadtest-clinician"
 INGEST_CLIENT_ID: Final = "rpmstore-loadtest-ingest"  # stable: one session, ended after the run
 CPU_WINDOW_S: Final = 5
 DRAIN_TIMEOUT_S: Final = 120.0
@@ -266,6 +270,18 @@ def wait_processed(
         time.sleep(0.5)
 
 
+def _clinician_token(settings: Settings, api_url: str, ward: Ward) -> str:
+    """A care team of the whole load-test ward, and a token of its clinician."""
+    sign = token_signer(settings)
+    if sign is None:
+        raise SystemExit("clinician users need HS256 tokens (RPMSTORE_JWT_ALGORITHM=HS256)")
+    with httpx2.Client(base_url=api_url, timeout=30.0, trust_env=False) as client:
+        team = create_care_team(
+            client, sign("loadtest-admin", ["admin"], []), ward.patients, LOADTEST_CLINICIAN
+        )
+    return sign(LOADTEST_CLINICIAN, ["clinician"], [team])
+
+
 def run(args: argparse.Namespace) -> int:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -305,7 +321,7 @@ def run(args: argparse.Namespace) -> int:
 
     api_url = f"http://127.0.0.1:{free_port()}"
     env = {**child_env(urls), "RPMSTORE_MQTT_CLIENT_ID": INGEST_CLIENT_ID}
-    users = http_devices + mqtt_devices
+    users = http_devices + mqtt_devices + int(profile.get("clinicians", 0))
     with ExitStack() as servers:
         servers.callback(forget_session, urls.mqtt_url, INGEST_CLIENT_ID)
         ingestor = servers.enter_context(child(["ingest", "mqtt"], env=env, log_dir=out))
@@ -323,8 +339,11 @@ def run(args: argparse.Namespace) -> int:
             )
         )
         wait_ready(ingestor, api, api_url)
+        clinician_token = _clinician_token(settings, api_url, ward)
         locust_env = {
             **os.environ,
+            "RPMSTORE_LOADTEST_CLINICIAN_TOKEN": clinician_token,
+            "RPMSTORE_LOADTEST_CLINICIANS": str(profile.get("clinicians", 0)),
             "RPMSTORE_LOADTEST_FLEET": str(fleet_path),
             "RPMSTORE_LOADTEST_SENT": str(sent_path),
             "RPMSTORE_LOADTEST_RATE": str(rate),

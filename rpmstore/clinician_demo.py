@@ -23,7 +23,7 @@ CLINICIAN = "demo-clinician"
 def print_clinician_view(api_url: str, patients: Sequence[SimPatient], sign: TokenSigner) -> None:
     mrn_by_id = {str(p.patient_id): p.mrn for p in patients}
     with httpx2.Client(base_url=api_url, timeout=10.0, trust_env=False) as client:
-        team = _create_team(client, sign("demo-admin", ["admin"], []), patients)
+        team = create_care_team(client, sign("demo-admin", ["admin"], []), patients, CLINICIAN)
         clinician = {"Authorization": f"Bearer {sign(CLINICIAN, ['clinician'], [team])}"}
         panel = _get(client, "/v1/patients", clinician, {"limit": 20})["items"]
         alerts = _get(client, "/v1/alerts", clinician, {"limit": 20})["items"]
@@ -51,9 +51,10 @@ def print_clinician_view(api_url: str, patients: Sequence[SimPatient], sign: Tok
         )
 
 
-def _create_team(
-    client: httpx2.Client, admin_token: str, patients: Sequence[SimPatient]
+def create_care_team(
+    client: httpx2.Client, admin_token: str, patients: Sequence[SimPatient], clinician: str
 ) -> uuid.UUID:
+    """A new care team holding ``patients`` with ``clinician`` as its member, via the API."""
     admin = {"Authorization": f"Bearer {admin_token}"}
     name = f"Demo ward {uuid.uuid4().hex[:6]}"
     team = _post(client, "/v1/admin/care-teams", admin, {"name": name})["id"]
@@ -61,7 +62,7 @@ def _create_team(
         client,
         f"/v1/admin/care-teams/{team}/members",
         admin,
-        {"subject": CLINICIAN, "display_name": "Demo clinician"},
+        {"subject": clinician, "display_name": clinician},
     )
     for patient in patients:
         _post(
