@@ -73,7 +73,7 @@ RETRYABLE_DATABASE_ERRORS = (
 ACCEPTED_SYNCHRONOUS_COMMIT = ("on", "remote_apply")
 # Optional post-commit hook (alerting): called with the readings of each committed batch, one
 # sequence per request, after its callers were answered. It must return at once and never raise.
-PostCommitHook = Callable[[Sequence[Sequence[ValidatedReading]]], None]
+PostCommitHook = Callable[[Sequence[ReadingColumns]], None]
 
 
 def _refuses_the_data(error: asyncpg.PostgresError) -> bool:
@@ -315,8 +315,7 @@ class GroupCommitter:
                     if not pending.future.done():
                         pending.future.set_result(outcome)
                 if self._post_commit is not None:  # alerting; queues only, after the answers
-                    # Requests carry columns; the hook takes ValidatedReading objects.
-                    self._post_commit([pending.request.columns.to_readings() for pending in batch])
+                    self._post_commit([pending.request.columns for pending in batch])
             except Exception as exc:  # answered to every waiting caller, never swallowed
                 log.exception("ingest batch failed permanently")
                 for pending in batch:

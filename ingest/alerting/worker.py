@@ -36,7 +36,7 @@ from ingest.alerting.evaluator import (
 )
 from ingest.alerting.metrics import AlertMetrics
 from ingest.alerting.sweep import sweep_missing_data
-from ingest.store import ValidatedReading
+from ingest.store import ReadingColumns, ValidatedReading
 from schema.sql import queries
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class AlertWorker:
         self._sweep_interval_s = sweep_interval_s
         self._max_attempts = max_attempts
         self._max_backoff_s = max_backoff_s
-        self._queued: list[Sequence[ValidatedReading]] = []
+        self._queued: list[ReadingColumns | Sequence[ValidatedReading]] = []
         self._in_flight: list[TouchedRange] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -94,7 +94,7 @@ class AlertWorker:
         self._tasks: list[asyncio.Task[None]] = []
         self.evaluations = 0  # completed evaluation transactions (for tests and benchmarks)
 
-    def on_commit(self, batches: Sequence[Sequence[ValidatedReading]]) -> None:
+    def on_commit(self, batches: Sequence[ReadingColumns | Sequence[ValidatedReading]]) -> None:
         """The group committer's post-commit hook: queue and return at once; never raises."""
         try:
             self._queued.extend(batches)
@@ -138,7 +138,7 @@ class AlertWorker:
                 )
         self._idle.set()
 
-    def _take_queued(self) -> list[Sequence[ValidatedReading]]:
+    def _take_queued(self) -> list[ReadingColumns | Sequence[ValidatedReading]]:
         queued, self._queued = self._queued, []
         if self._metrics:
             self._metrics.queued_batches.set(0)
