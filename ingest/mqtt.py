@@ -45,6 +45,17 @@ _BUSY_RETRY_S = 0.2
 _MAX_RETRY_S = 5.0
 
 
+def subscription_filter(group: str) -> str:
+    """The ingestors' subscription: shared by ``group``, or plain when ``group`` is empty.
+
+    Mosquitto 2.0 restores a persistent session's plain subscriptions after a restart but not
+    its shared ones: until a shared-group ingestor has subscribed again, device messages are
+    acknowledged to the devices and dropped (tests/faults). A single ingestor with an empty
+    group has no such window, but cannot split the load with others.
+    """
+    return f"$share/{group}/{TOPIC_FILTER}" if group else TOPIC_FILTER
+
+
 @dataclass(frozen=True)
 class MqttOptions:
     url: str  # mqtt://user:password@host:port
@@ -223,11 +234,11 @@ class MqttIngestor:
             return
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._connection_started, bool(flags.session_present))
-        shared_filter = f"$share/{self._options.group}/{TOPIC_FILTER}"
+        topic_filter = subscription_filter(self._options.group)
         if self._retiring:
-            client.unsubscribe(shared_filter)
+            client.unsubscribe(topic_filter)
         else:
-            client.subscribe(shared_filter, qos=1)
+            client.subscribe(topic_filter, qos=1)
 
     def _on_unsubscribe(self, *_args: Any) -> None:
         assert self._loop is not None

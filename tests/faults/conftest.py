@@ -217,10 +217,16 @@ class FaultWard:
             **extra,
         }
 
-    def ingestor(self, *, broker_port: int | None = None) -> RpmstoreProcess:
-        """``rpmstore ingest mqtt`` (not started); ``broker_port`` to connect through a proxy."""
+    def ingestor(
+        self, *, broker_port: int | None = None, group: str | None = None
+    ) -> RpmstoreProcess:
+        """``rpmstore ingest mqtt`` (not started); ``broker_port`` to connect through a proxy;
+        ``group`` "" for a plain (not shared) subscription."""
         port = broker_port or self.broker.port
-        env = self.env(MQTT_URL=mqtt_url(INGEST_USER, self.broker_passwords[INGEST_USER], port))
+        extra = {} if group is None else {"RPMSTORE_MQTT_GROUP": group}
+        env = self.env(
+            MQTT_URL=mqtt_url(INGEST_USER, self.broker_passwords[INGEST_USER], port), **extra
+        )
         process = RpmstoreProcess(
             ["ingest", "mqtt"], env, self.tmp_path / "ingestor.log", b"MQTT connected"
         )

@@ -150,6 +150,31 @@ def test_mosquitto_restart_loses_what_devices_send_before_the_ingestor_resubscri
         gate.close()
 
 
+def test_single_ingestor_mode_loses_nothing_when_the_broker_restarts_first(
+    fault_ward: FaultWard, debian_root: DebianRoot
+) -> None:
+    """The same restart as above with RPMSTORE_MQTT_GROUP="": a plain persistent subscription,
+    which Mosquitto restores with the session, so messages published before the ingestor is
+    back are queued for it: every acknowledged reading is stored exactly once."""
+    gate = HoldingProxy(fault_ward.broker.port)  # the ingestor's way in
+    ingestor = fault_ward.ingestor(broker_port=gate.port, group="")
+    ingestor.start()
+    publisher = fault_ward.publisher()
+    try:
+        rows = start_sending(fault_ward, publisher)
+        gate.refuse()
+        fault_ward.broker.stop()
+        fault_ward.broker.start()
+        restarted_at = time.monotonic()
+        wait_until(lambda: publisher.acks_since(restarted_at) >= 20, "the ward to publish again")
+        gate.admit()
+        wait_until(lambda: ingestor.log_count(b"MQTT connected") == 2, "the ingestor to return")
+        finish_and_check(fault_ward, publisher, debian_root, rows)
+    finally:
+        publisher.close()
+        gate.close()
+
+
 def _settled(ward: FaultWard) -> bool:
     """Whether the stored row count stays the same over a second (ingest has caught up)."""
     before = ward.stored_rows()
