@@ -7,6 +7,7 @@ has the last word on what a user sees (row-level security); the token only says 
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -128,8 +129,6 @@ def issue_token(
     lifetime_s: int = 3600,
 ) -> str:
     """An HS256 token for development and tests (production tokens come from the IdP)."""
-    import time
-
     now = int(time.time())
     return jwt.encode(
         {

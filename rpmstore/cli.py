@@ -156,8 +156,8 @@ def _broker_passwd(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
-def token_signer(settings: Settings) -> TokenSigner | None:
-    """Signs demo tokens with the API's own HS256 secret (None with an IdP's key pair)."""
+def token_signer(settings: Settings, *, lifetime_s: int = 3600) -> TokenSigner | None:
+    """Signs tokens with the API's own HS256 secret (None with an IdP's key pair)."""
     from api.auth import issue_token
     from rpmstore.asgi import auth_config
 
@@ -167,30 +167,20 @@ def token_signer(settings: Settings) -> TokenSigner | None:
     secret = settings.jwt_secret.get_secret_value()
 
     def sign(subject: str, roles: list[str], teams: list[uuid.UUID]) -> str:
-        return issue_token(config, secret, subject=subject, roles=roles, care_teams=teams)
+        return issue_token(
+            config, secret, subject=subject, roles=roles, care_teams=teams, lifetime_s=lifetime_s
+        )
 
     return sign
 
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:
-    from api.auth import issue_token
-    from rpmstore.asgi import auth_config
-
-    config = auth_config(settings)
-    if config.algorithm != "HS256":
+    sign = token_signer(settings, lifetime_s=args.lifetime)
+    if sign is None:
         raise InsecureAuthConfigError(
-            f"tokens signed with {config.algorithm} come from your identity provider"
+            f"tokens signed with {settings.jwt_algorithm} come from your identity provider"
         )
-    print(
-        issue_token(
-            config,
-            settings.jwt_secret.get_secret_value(),
-            subject=args.subject,
-            roles=args.role,
-            care_teams=args.care_team,
-            lifetime_s=args.lifetime,
-        )
-    )
+    print(sign(args.subject, args.role, args.care_team))
     return 0
 
 
