@@ -95,7 +95,10 @@ async def with_committer(
         if worker:
             await worker.start()
         committer = GroupCommitter(
-            pool, source="import", post_commit=worker.on_commit if worker else None
+            pool,
+            source="import",
+            alert_outbox=engine,  # the baseline writes no outbox either
+            post_commit=worker.on_commit if worker else None,
         )
         await committer.start()
         try:

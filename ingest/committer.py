@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import numpy as np
 
+from ingest.alerting.ranges import series_ranges
 from ingest.metrics import IngestMetrics
 from ingest.store import (
     EPOCH,
@@ -71,9 +72,10 @@ RETRYABLE_DATABASE_ERRORS = (
     asyncpg.exceptions.InternalClientError,
 )
 ACCEPTED_SYNCHRONOUS_COMMIT = ("on", "remote_apply")
-# Optional post-commit hook (alerting): called with the readings of each committed batch, one
-# sequence per request, after its callers were answered. It must return at once and never raise.
-PostCommitHook = Callable[[Sequence[ReadingColumns]], None]
+# Optional post-commit hook (the in-process alert worker): called after each committed batch's
+# callers were answered, to say the alert outbox has work. It must return at once, never raise.
+PostCommitHook = Callable[[], None]
+_NO_OUTBOX_ROW = (None,) * 6
 
 
 def _refuses_the_data(error: asyncpg.PostgresError) -> bool:
@@ -182,9 +184,13 @@ class GroupCommitter:
         workers: int = 2,
         max_backoff_s: float = 5.0,
         metrics: IngestMetrics | None = None,
+        alert_outbox: bool = False,
         post_commit: PostCommitHook | None = None,
     ) -> None:
+        """``alert_outbox``: write each batch's touched series to ``rpm.alert_outbox`` in the
+        batch's transaction, for the alert workers (ingesting processes always do)."""
         self._pool = pool
+        self._alert_outbox = alert_outbox
         self._post_commit = post_commit
         self._source = source
         self._max_batch_rows = max_batch_rows
@@ -314,8 +320,8 @@ class GroupCommitter:
                 for pending, outcome in zip(batch, outcomes, strict=True):
                     if not pending.future.done():
                         pending.future.set_result(outcome)
-                if self._post_commit is not None:  # alerting; queues only, after the answers
-                    self._post_commit([pending.request.columns for pending in batch])
+                if self._post_commit is not None:  # wakes the alert worker, after the answers
+                    self._post_commit()
             except Exception as exc:  # answered to every waiting caller, never swallowed
                 log.exception("ingest batch failed permanently")
                 for pending in batch:
@@ -399,11 +405,17 @@ class GroupCommitter:
         columns = ReadingColumns.concat([pending.request.columns for pending in batch])
         rows = len(columns)
         started = time.monotonic()
+        # Before the transaction: nothing that takes CPU while it holds locks.
+        outbox = (
+            series_ranges(columns).outbox_arguments()
+            if self._alert_outbox and rows
+            else _NO_OUTBOX_ROW
+        )
         try:
             conn = await self._connection()
-            committed = await self._commit_new(conn, batch, columns) if rows else None
+            committed = await self._commit_new(conn, batch, columns, outbox) if rows else None
             if committed is None:
-                committed = await self._commit_merged(conn, batch, columns)
+                committed = await self._commit_merged(conn, batch, columns, outbox)
         except BaseException:
             # The session's state is unknown after an error: give the connection back (the
             # pool resets it, or discards it if it is broken) and take a fresh one next time.
@@ -450,14 +462,19 @@ class GroupCommitter:
                 await self._pool.release(conn)
 
     async def _commit_new(
-        self, conn: asyncpg.Connection, batch: list[_Pending], columns: ReadingColumns
+        self,
+        conn: asyncpg.Connection,
+        batch: list[_Pending],
+        columns: ReadingColumns,
+        outbox: Sequence[object],
     ) -> tuple[int, list[IngestOutcome]] | None:
         """The fast path: almost every batch holds only new readings, so COPY them straight
         into the hypertable. None (and nothing written) if a reading is stored already.
 
         Each statement here is a round trip that every caller of the batch waits for, so
         there are few: BEGIN, the batch id (and the invalidation threshold), the COPY, the
-        batch row (with the outcome of a batch of new readings; last, so that a batch stopped
+        batch row and its alert outbox row (one statement; with the outcome of a batch of new
+        readings; last, so that a batch stopped
         just before COMMIT has its readings COPYed, which the fault tests rely on), COMMIT.
         A unique violation on the natural key rolls the whole transaction back; the batch
         then goes the merge path, which classifies every reading. (A savepoint around the
@@ -487,13 +504,18 @@ class GroupCommitter:
                     0,
                     0,
                     len(quarantine_rows),
+                    *outbox,
                 )
         except asyncpg.UniqueViolationError:
             return None
         return batch_id, outcomes
 
     async def _commit_merged(
-        self, conn: asyncpg.Connection, batch: list[_Pending], columns: ReadingColumns
+        self,
+        conn: asyncpg.Connection,
+        batch: list[_Pending],
+        columns: ReadingColumns,
+        outbox: Sequence[object],
     ) -> tuple[int, list[IngestOutcome]]:
         """The deduplicating path (and batches that carry only quarantine rows)."""
         async with conn.transaction():
@@ -513,6 +535,8 @@ class GroupCommitter:
                 sum(o.duplicates for o in outcomes),
                 sum(len(o.conflicts) for o in outcomes),
                 len(quarantine_rows),
+                # Duplicates included: evaluating a range again changes nothing.
+                *outbox,
             )
         return batch_id, outcomes
 

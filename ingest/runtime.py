@@ -35,7 +35,7 @@ class IngestRuntime:
     devices: DeviceDirectory
     committer: GroupCommitter
     metrics: IngestMetrics
-    alerts: AlertWorker | None = None  # None when alerting is disabled
+    alerts: AlertWorker | None = None  # None when this process does not evaluate alerts
 
 
 @asynccontextmanager
@@ -77,6 +77,9 @@ async def open_ingest_runtime(
                 max_pending_rows=limits.max_pending_rows,
                 workers=limits.workers,
                 metrics=metrics,
+                # Always: every committed batch must reach the alert engine, whether this
+                # process evaluates it or another one does.
+                alert_outbox=True,
                 post_commit=alerts.on_commit if alerts else None,
             )
             await committer.start()
@@ -94,7 +97,7 @@ async def open_ingest_runtime(
                     alerts=alerts,
                 )
             finally:
-                # The committer first: its last batches still queue alert evaluations.
+                # The committer first: the alert worker then evaluates its last batches.
                 await committer.stop()
                 horizon_task.cancel()
                 await asyncio.gather(horizon_task, return_exceptions=True)

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     # The MQTT ingestor runs the missing-data alert sweep this often (seconds); 0: it does not
     # (run `rpmstore alerts sweep --loop` instead).
     alert_sweep_interval_s: float = Field(default=60.0, ge=0)
+    # Ingesting processes evaluate alert rules themselves, right after each commit (from the
+    # alert outbox their batches write). False: they only write the outbox, and
+    # `rpmstore alerts run` evaluates it (one more service, CPU taken off the ingest processes).
+    alerts_inline: bool = True
     # Retention (rpmstore retention run / archive restore): where archives go (a folder or any
     # fsspec URL; default $RPMSTORE_HOME/archive), who the ledger names as operator (default:
     # the OS user), and how long a drop may wait for a lock before backing off (ingest must not

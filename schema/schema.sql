@@ -1325,3 +1325,28 @@ ALTER FUNCTION rpm.vitals_timeline(uuid, smallint, timestamptz, timestamptz, tex
     SET max_parallel_workers_per_gather = 0;
 ALTER FUNCTION rpm.vitals_timeline(uuid, smallint, timestamptz, timestamptz, text)
     SET plan_cache_mode = force_generic_plan;
+
+-- ---------------------------------------------------------------------------------------------
+-- Alert outbox (migration 0011): evaluation requests written in each ingest batch's transaction.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE rpm.alert_outbox (
+    batch_id     bigint PRIMARY KEY,
+    patient_ids  uuid[] NOT NULL,
+    metric_ids   smallint[] NOT NULL,
+    -- microseconds since 1970-01-01 UTC: the ingest path has them as integers already, and
+    -- building a datetime per series to send timestamptz[] cost more than the rest of the row
+    range_starts bigint[] NOT NULL,
+    range_ends   bigint[] NOT NULL,
+    lows         double precision[] NOT NULL,
+    highs        double precision[] NOT NULL,
+    recorded_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT alert_outbox_arrays_align CHECK (
+        cardinality(patient_ids) > 0
+        AND cardinality(metric_ids) = cardinality(patient_ids)
+        AND cardinality(range_starts) = cardinality(patient_ids)
+        AND cardinality(range_ends) = cardinality(patient_ids)
+        AND cardinality(lows) = cardinality(patient_ids)
+        AND cardinality(highs) = cardinality(patient_ids))
+);
+COMMENT ON TABLE rpm.alert_outbox IS
+    'Alert evaluations requested by committed ingest batches; claimed and deleted by alert workers.';

@@ -1,4 +1,5 @@
-"""``rpmstore alerts sweep [--loop --interval S]``: the missing-data sweep as a command.
+"""``rpmstore alerts sweep [--loop --interval S]`` (the missing-data sweep) and ``rpmstore
+alerts run`` (the alert outbox evaluated continuously, plus the sweep).
 
 Registered by the composition root (``rpmstore/cli.py``), which supplies the database URL.
 """
@@ -16,6 +17,7 @@ from typing import Any
 import asyncpg
 
 from ingest.alerting.sweep import SweepResult, sweep_missing_data
+from ingest.alerting.worker import AlertWorker
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,9 @@ def add_commands(
     database_url: Callable[[Any], str],
 ) -> None:
     """Add ``alerts sweep``; ``database_url(settings)`` says where the database is."""
-    alerts = commands.add_parser("alerts", help="alert rules: the missing-data sweep")
+    alerts = commands.add_parser(
+        "alerts", help="alert rules: the outbox worker and the missing-data sweep"
+    )
     actions = alerts.add_subparsers(dest="action", required=True, metavar="ACTION")
     sweep = actions.add_parser(
         "sweep",
@@ -42,6 +46,25 @@ def add_commands(
         return asyncio.run(_sweep(database_url(settings), loop=args.loop, interval_s=args.interval))
 
     sweep.set_defaults(handler=handler)
+
+    run = actions.add_parser(
+        "run",
+        help="evaluate the alert outbox continuously and sweep periodically (the alert "
+        "service when ingesting processes run with RPMSTORE_ALERTS_INLINE=false)",
+    )
+    run.add_argument(
+        "--poll", type=_seconds, default=0.25, metavar="S", help="outbox poll interval (0.25)"
+    )
+    run.add_argument(
+        "--sweep-interval", type=_seconds, default=60.0, metavar="S", help="between sweeps (60)"
+    )
+
+    def run_handler(settings: Any, args: argparse.Namespace) -> int:
+        return asyncio.run(
+            _run(database_url(settings), poll_s=args.poll, sweep_interval_s=args.sweep_interval)
+        )
+
+    run.set_defaults(handler=run_handler)
 
 
 def _seconds(text: str) -> float:
@@ -72,9 +95,31 @@ async def _sweep(database_url: str, *, loop: bool, interval_s: float) -> int:
         await conn.close()
 
 
+async def _run(database_url: str, *, poll_s: float, sweep_interval_s: float) -> int:
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    async with asyncpg.create_pool(
+        database_url,
+        min_size=1,
+        max_size=2,  # the evaluator's connection and the sweep's
+        server_settings={"application_name": "rpmstore-alerts"},
+        command_timeout=60,
+    ) as pool:
+        worker = AlertWorker(pool, sweep_interval_s=sweep_interval_s, poll_interval_s=poll_s)
+        await worker.start()
+        log.info("alert worker running", extra={"poll_s": poll_s})
+        try:
+            await stop.wait()
+        finally:
+            await worker.stop()
+    return 0
+
+
 def _report(result: SweepResult) -> None:
     print(  # noqa: T201 - the command's output
         f"missing-data alerts opened {result.opened}, resolved {result.resolved}; "
-        f"parked evaluations done {result.parked_evaluated}",
+        f"parked evaluations done {result.parked_evaluated}; "
+        f"outbox batches evaluated {result.outbox_evaluated}",
         flush=True,
     )

@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import numpy as np
 
+from ingest.alerting.ranges import series_ranges
 from ingest.store import ReadingColumns, ValidatedReading
 from schema.sql import queries
 
@@ -84,33 +84,25 @@ def touched_ranges(
 
 
 def _column_ranges(columns: ReadingColumns) -> list[TouchedRange]:
-    if not len(columns):
-        return []
-    # One key per (patient, metric): the 16 uuid bytes and the metric id as one record.
-    keys = np.empty(len(columns), dtype=[("patient", "V16"), ("metric", "<i2")])
-    keys["patient"] = np.ascontiguousarray(columns.patient).view("V16").ravel()
-    keys["metric"] = columns.metric_id
-    unique, series = np.unique(keys, return_inverse=True)
-    series = series.ravel()
-    count = len(unique)
-    start = np.full(count, np.iinfo(np.int64).max)
-    end = np.full(count, np.iinfo(np.int64).min)
-    low = np.full(count, np.inf)
-    high = np.full(count, -np.inf)
-    np.minimum.at(start, series, columns.measured_us)
-    np.maximum.at(end, series, columns.measured_us)
-    np.minimum.at(low, series, columns.value)
-    np.maximum.at(high, series, columns.value)
+    ranges = series_ranges(columns)
     return [
         TouchedRange(
-            uuid.UUID(bytes=bytes(key["patient"])),
-            int(key["metric"]),
-            _EPOCH + timedelta(microseconds=int(start[n])),
-            _EPOCH + timedelta(microseconds=int(end[n])),
-            float(low[n]),
-            float(high[n]),
+            uuid.UUID(bytes=bytes(patient)),
+            metric_id,
+            _EPOCH + timedelta(microseconds=start),
+            _EPOCH + timedelta(microseconds=end),
+            low,
+            high,
         )
-        for n, key in enumerate(unique)
+        for patient, metric_id, start, end, low, high in zip(
+            ranges.patient,
+            ranges.metric_id.tolist(),
+            ranges.start_us.tolist(),
+            ranges.end_us.tolist(),
+            ranges.low.tolist(),
+            ranges.high.tolist(),
+            strict=True,
+        )
     ]
 
 

@@ -30,8 +30,13 @@ class AlertMetrics:
             ["change"],
             registry=registry,
         )
-        self.queued_batches = Gauge(
-            "rpmstore_alert_queued_batches",
-            "Committed requests waiting for alert evaluation.",
+        self.outbox_batches = Gauge(
+            "rpmstore_alert_outbox_batches",
+            "Committed ingest batches waiting in rpm.alert_outbox (checked about once a second).",
+            registry=registry,
+        )
+        self.outbox_age_seconds = Gauge(
+            "rpmstore_alert_outbox_oldest_seconds",
+            "How long the oldest batch in rpm.alert_outbox has waited for evaluation.",
             registry=registry,
         )

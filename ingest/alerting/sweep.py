@@ -1,4 +1,5 @@
-"""The periodic alert sweep: missing data, and evaluations that were parked after failing."""
+"""The periodic alert sweep: missing data, evaluations parked after failing, and outbox
+batches no worker has evaluated yet."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from datetime import datetime
 import asyncpg
 
 from ingest.alerting.evaluator import AlertEvaluator, TouchedRange
+from ingest.alerting.outbox import drain_outbox
 from schema.sql import queries
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,7 @@ class SweepResult:
     opened: int  # missing-data alerts opened
     resolved: int  # missing-data alerts resolved because readings resumed
     parked_evaluated: int  # parked ranges evaluated
+    outbox_evaluated: int = 0  # outbox batches evaluated (left by processes without a worker)
 
 
 async def sweep_missing_data(
@@ -50,12 +53,20 @@ async def sweep_missing_data(
                 )
                 resolved = len(rows)
     parked = await evaluate_parked(conn, evaluator or AlertEvaluator())
-    if opened or resolved or parked:
+    outbox = await drain_outbox(conn, evaluator or AlertEvaluator())
+    if opened or resolved or parked or outbox:
         log.info(
             "alert sweep",
-            extra={"opened": opened, "resolved": resolved, "parked_evaluated": parked},
+            extra={
+                "opened": opened,
+                "resolved": resolved,
+                "parked_evaluated": parked,
+                "outbox_evaluated": outbox,
+            },
         )
-    return SweepResult(opened=opened, resolved=resolved, parked_evaluated=parked)
+    return SweepResult(
+        opened=opened, resolved=resolved, parked_evaluated=parked, outbox_evaluated=outbox
+    )
 
 
 async def evaluate_parked(conn: asyncpg.Connection, evaluator: AlertEvaluator) -> int:

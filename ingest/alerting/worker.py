@@ -1,42 +1,38 @@
-"""Alert evaluation after ingest commits, off the acknowledgement path.
+"""Alert evaluation after ingest commits, off the acknowledgement path, from the outbox.
 
-The group committer calls :meth:`AlertWorker.on_commit` once a batch has committed and its
-callers have been answered; that only appends to a list and wakes the worker task, so alerting
-can never fail or delay an ingest acknowledgement. The worker evaluates everything queued since
-its last evaluation in one transaction (under load, many batches coalesce into one evaluation).
+Every ingest batch writes the series it touched to ``rpm.alert_outbox`` in its own transaction
+(``ingest.committer``). The worker claims outbox batches, evaluates them and deletes them in
+one transaction (``ingest.alerting.outbox``): an evaluation is never lost, whatever stops when.
+A process SIGKILLed after an ingest COMMIT leaves the batch in the outbox, and the next worker
+to look (a restarted process, another ingestor, ``rpmstore alerts run`` or the sweep)
+evaluates it.
 
-Failures do not lose evaluations:
-- the database is unreachable or busy: the same ranges are retried with backoff (ranges that
-  arrive meanwhile are merged in);
-- evaluation keeps failing for another reason (``max_attempts``), or the process stops with
-  ranges not yet evaluated: the ranges are parked in ``rpm.alert_pending_evaluations`` and the
-  sweep evaluates them.
-What remains: a process killed (SIGKILL, power loss) between an ingest COMMIT and the end of
-its evaluation loses that evaluation, a window of milliseconds; the next reading of the same
-series evaluates its neighbourhood again, and missing-data alerts are swept from the table.
+In an ingesting process the group committer calls :meth:`AlertWorker.on_commit` after each
+batch (after its callers were answered): that only wakes the worker, so alerting can never
+fail or delay an acknowledgement. Between wake-ups the worker polls, for batches committed by
+processes without a worker of their own. Under load many batches share one evaluation.
+
+Failures: the database unreachable or busy, the same batches are retried with backoff
+(they stay in the outbox meanwhile); evaluation failing for another reason ``max_attempts``
+times, the claimed batches are parked in ``rpm.alert_pending_evaluations`` with the error,
+so that they stop holding up the ones behind them, and the sweep retries them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
 
-from ingest.alerting.evaluator import (
-    AlertEvaluator,
-    TouchedRange,
-    merge_ranges,
-    range_arrays,
-    touched_ranges,
-)
+from ingest.alerting.evaluator import AlertEvaluator
 from ingest.alerting.metrics import AlertMetrics
+from ingest.alerting.outbox import OutboxPass, evaluate_outbox_once, park_outbox
 from ingest.alerting.sweep import sweep_missing_data
-from ingest.store import ReadingColumns, ValidatedReading
 from schema.sql import queries
 
 log = logging.getLogger(__name__)
@@ -61,14 +57,16 @@ _TRANSIENT_ERRORS = (
 class AlertingOptions:
     """Alert evaluation in an ingesting process."""
 
-    enabled: bool = True  # evaluate rules after every committed batch
+    # Evaluate the outbox in this process (woken after every committed batch). False: the
+    # batches only write the outbox, for `rpmstore alerts run` (or another process) to evaluate.
+    enabled: bool = True
     # Run the missing-data sweep (and parked evaluations) every this many seconds; None: not
     # in this process (``rpmstore alerts sweep --loop`` or another process does it).
     sweep_interval_s: float | None = None
 
 
 class AlertWorker:
-    """Evaluates alert rules for committed batches in the background; sweeps periodically."""
+    """Evaluates the alert outbox in the background; sweeps periodically."""
 
     def __init__(
         self,
@@ -76,6 +74,7 @@ class AlertWorker:
         *,
         evaluator: AlertEvaluator | None = None,
         sweep_interval_s: float | None = None,
+        poll_interval_s: float = 1.0,
         max_attempts: int = 5,
         max_backoff_s: float = 5.0,
         metrics: AlertMetrics | None = None,
@@ -84,28 +83,23 @@ class AlertWorker:
         self._metrics = metrics
         self._evaluator = evaluator or AlertEvaluator()
         self._sweep_interval_s = sweep_interval_s
+        self._poll_interval_s = poll_interval_s
         self._max_attempts = max_attempts
         self._max_backoff_s = max_backoff_s
-        self._queued: list[ReadingColumns | Sequence[ValidatedReading]] = []
-        self._in_flight: list[TouchedRange] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
-        self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._conn: asyncpg.Connection | None = None
         self.evaluations = 0  # completed evaluation transactions (for tests and benchmarks)
 
-    def on_commit(self, batches: Sequence[ReadingColumns | Sequence[ValidatedReading]]) -> None:
-        """The group committer's post-commit hook: queue and return at once; never raises."""
-        try:
-            self._queued.extend(batches)
-            if self._metrics:
-                self._metrics.queued_batches.set(len(self._queued))
-            self._idle.clear()
-            self._wake.set()
-        except Exception:  # a hook must not break the committer that calls it
-            log.exception("could not queue alert evaluation")
+    def on_commit(self) -> None:
+        """The group committer's post-commit hook: wake the worker; returns at once."""
+        self._idle.clear()
+        self._wake.set()
 
     async def start(self) -> None:
+        # Batches left by a process that stopped (or died) are evaluated first.
+        self.on_commit()
         self._tasks = [asyncio.create_task(self._evaluate_forever(), name="alert-evaluator")]
         if self._sweep_interval_s is not None:
             self._tasks.append(
@@ -113,108 +107,118 @@ class AlertWorker:
             )
 
     async def drain(self) -> None:
-        """Wait until everything queued so far has been evaluated (or parked)."""
+        """Wait until the outbox has been found empty after the last commit seen."""
         await self._idle.wait()
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        """Evaluate what is queued (at most ``grace_s``), park the rest, stop the tasks."""
+        """Evaluate what is in the outbox (at most ``grace_s``), then stop. What is left stays
+        in the outbox for the next worker: nothing needs parking."""
         try:
             await asyncio.wait_for(self.drain(), grace_s)
         except TimeoutError:
-            log.warning("stopping with alert evaluations outstanding; parking them")
+            log.warning("stopping with alert evaluations outstanding; they stay in the outbox")
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        leftover = merge_ranges([*self._in_flight, *touched_ranges(self._take_queued())])
-        self._in_flight = []
-        if leftover:
-            try:
-                await self._park(leftover, "stopped before evaluation")
-            except Exception:
-                log.exception(
-                    "alert evaluations lost: could not park them",
-                    extra={"series": len(leftover)},
-                )
-        self._idle.set()
-
-    def _take_queued(self) -> list[ReadingColumns | Sequence[ValidatedReading]]:
-        queued, self._queued = self._queued, []
-        if self._metrics:
-            self._metrics.queued_batches.set(0)
-        return queued
+        await self._release()
 
     async def _evaluate_forever(self) -> None:
+        checked = 0.0
         while True:
-            await self._wake.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
             self._wake.clear()
-            queued = self._take_queued()
-            if queued or self._in_flight:
-                self._in_flight = merge_ranges([*self._in_flight, *touched_ranges(queued)])
-                await self._evaluate_with_retry()
-            if not self._queued:
+            if self._metrics and time.monotonic() - checked >= self._poll_interval_s:
+                checked = time.monotonic()
+                await self._observe_backlog(self._metrics)
+            await self._evaluate_outbox()
+            if not self._wake.is_set():
                 self._idle.set()
 
-    async def _evaluate_with_retry(self) -> None:
+    async def _observe_backlog(self, metrics: AlertMetrics) -> None:
+        try:
+            conn = await self._connection()
+            batches, oldest_s = await conn.fetchrow(queries("alerting")["outbox_backlog"])
+        except Exception as exc:  # only a gauge: evaluation reports real failures
+            await self._release()
+            log.debug("could not read the alert outbox backlog: %s", exc)
+            return
+        metrics.outbox_batches.set(batches)
+        metrics.outbox_age_seconds.set(oldest_s)
+
+    async def _evaluate_outbox(self) -> None:
+        """Evaluate outbox batches until none is left, retrying failures."""
         backoff = 0.05
         attempts = 0
-        while self._in_flight:
+        while True:
+            claimed: list[int] = []
             started = time.monotonic()
             try:
-                async with self._pool.acquire() as conn:
-                    result = await self._evaluator.evaluate(conn, self._in_flight)
-                self.evaluations += 1
-                if self._metrics:
-                    self._metrics.evaluation_seconds.observe(time.monotonic() - started)
-                    self._metrics.alerts.labels("opened").inc(len(result.opened))
-                    self._metrics.alerts.labels("extended").inc(result.extended)
-                    self._metrics.alerts.labels("resolved").inc(result.resolved)
-                log.debug(
-                    "alerts evaluated",
-                    extra={
-                        "series": len(self._in_flight),
-                        "ms": round((time.monotonic() - started) * 1000, 1),
-                    },
-                )
-                self._in_flight = []
-                return
+                conn = await self._connection()
+                done = await evaluate_outbox_once(conn, self._evaluator, claimed=claimed)
+                if done is None:
+                    return
+                self._record(done, time.monotonic() - started)
+                backoff, attempts = 0.05, 0
+                continue
             except _TRANSIENT_ERRORS as exc:
+                await self._release()
                 if self._metrics:
                     self._metrics.failures.labels("transient").inc()
                 log.warning("alert evaluation failed, retrying in %.2fs: %s", backoff, exc)
             except Exception as exc:
+                await self._release()
                 attempts += 1
                 if self._metrics:
                     self._metrics.failures.labels("error").inc()
-                if attempts >= self._max_attempts:
+                if attempts >= self._max_attempts and claimed:
                     log.exception("alert evaluation keeps failing; parking it for the sweep")
-                    try:
-                        await self._park(self._in_flight, f"{type(exc).__name__}: {exc}")
-                        self._in_flight = []
-                        return
-                    except Exception:
-                        log.exception("could not park alert evaluation; will retry")
-                else:
-                    log.warning("alert evaluation failed (attempt %d): %s", attempts, exc)
+                    with contextlib.suppress(Exception):  # if not, the next attempt retries
+                        await self._park(claimed, f"{type(exc).__name__}: {exc}")
+                        attempts = 0
+                        continue
+                log.warning("alert evaluation failed (attempt %d): %s", attempts, exc)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._max_backoff_s)
-            # Ranges queued while waiting are evaluated with these.
-            self._in_flight = merge_ranges([*self._in_flight, *touched_ranges(self._take_queued())])
 
-    async def _park(self, touched: Sequence[TouchedRange], error: str) -> None:
-        patients, metrics, starts, ends = range_arrays(touched)
-        async with self._pool.acquire() as conn:
-            await conn.execute(
-                queries("alerting")["park_evaluation"],
-                patients,
-                metrics,
-                starts,
-                ends,
-                [error] * len(touched),
-            )
+    def _record(self, done: OutboxPass, seconds: float) -> None:
+        self.evaluations += 1
         if self._metrics:
-            self._metrics.parked.inc(len(touched))
-        log.warning("alert evaluation parked", extra={"series": len(touched), "error": error})
+            self._metrics.evaluation_seconds.observe(seconds)
+            self._metrics.alerts.labels("opened").inc(len(done.result.opened))
+            self._metrics.alerts.labels("extended").inc(done.result.extended)
+            self._metrics.alerts.labels("resolved").inc(done.result.resolved)
+        log.debug(
+            "alerts evaluated",
+            extra={
+                "batches": len(done.batch_ids),
+                "series": done.series,
+                "ms": round(seconds * 1000, 1),
+            },
+        )
+
+    async def _connection(self) -> asyncpg.Connection:
+        """The worker's own connection, kept between evaluations: giving it back to the pool
+        after each would cost a session reset (several statements) per evaluation."""
+        if self._conn is None or self._conn.is_closed():
+            await self._release()
+            self._conn = await self._pool.acquire()
+        return self._conn
+
+    async def _release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            # A broken connection makes release fail; the pool has discarded it then.
+            with contextlib.suppress(Exception):
+                await self._pool.release(conn)
+
+    async def _park(self, batch_ids: list[int], error: str) -> None:
+        async with self._pool.acquire() as conn:
+            await park_outbox(conn, batch_ids, error)
+        if self._metrics:
+            self._metrics.parked.inc(len(batch_ids))
+        log.warning("alert evaluation parked", extra={"batches": len(batch_ids), "error": error})
 
     async def _sweep_forever(self, interval_s: float) -> None:
         while True:

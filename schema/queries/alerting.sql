@@ -523,3 +523,50 @@ WHERE pending_id IN (
     LIMIT $1
     FOR UPDATE SKIP LOCKED)
 RETURNING patient_id, metric_id, range_start, range_end;
+
+-- name: claim_outbox
+-- The oldest committed ingest batches not claimed by another worker (SKIP LOCKED), deleted in
+-- the transaction that evaluates them: if evaluation fails or the worker dies, the rollback
+-- puts them back. One range per series over all claimed batches.
+WITH claimed AS (
+    DELETE FROM rpm.alert_outbox
+    WHERE batch_id IN (
+        SELECT batch_id FROM rpm.alert_outbox
+        ORDER BY batch_id
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED)
+    RETURNING batch_id, patient_ids, metric_ids, range_starts, range_ends, lows, highs
+)
+SELECT s.patient_id, s.metric_id,
+       'epoch'::timestamptz + min(s.start_us) * interval '1 microsecond' AS range_start,
+       'epoch'::timestamptz + max(s.end_us) * interval '1 microsecond' AS range_end,
+       min(s.low) AS low, max(s.high) AS high,
+       array_agg(DISTINCT c.batch_id) AS batch_ids
+FROM claimed c
+CROSS JOIN LATERAL unnest(c.patient_ids, c.metric_ids, c.range_starts, c.range_ends, c.lows,
+                          c.highs) AS s(patient_id, metric_id, start_us, end_us, low, high)
+GROUP BY s.patient_id, s.metric_id;
+
+-- name: park_outbox
+-- Outbox batches whose evaluation keeps failing: moved to the parked evaluations (for the
+-- sweep, with the error) so that they stop holding up the batches behind them.
+WITH claimed AS (
+    DELETE FROM rpm.alert_outbox
+    WHERE batch_id = ANY ($1::bigint[])
+    RETURNING patient_ids, metric_ids, range_starts, range_ends
+)
+INSERT INTO rpm.alert_pending_evaluations (patient_id, metric_id, range_start, range_end,
+                                           last_error)
+SELECT s.patient_id, s.metric_id,
+       'epoch'::timestamptz + min(s.start_us) * interval '1 microsecond',
+       'epoch'::timestamptz + max(s.end_us) * interval '1 microsecond',
+       $2
+FROM claimed c
+CROSS JOIN LATERAL unnest(c.patient_ids, c.metric_ids, c.range_starts, c.range_ends)
+    AS s(patient_id, metric_id, start_us, end_us)
+GROUP BY s.patient_id, s.metric_id;
+
+-- name: outbox_backlog
+-- Batches waiting for alert evaluation, and how long the oldest has waited (seconds).
+SELECT count(*), coalesce(extract(epoch FROM now() - min(recorded_at)), 0)::float8
+FROM rpm.alert_outbox;

@@ -67,6 +67,15 @@ WHERE NOT is_the_inserted_row
 ORDER BY seq;
 
 -- name: insert_batch
+-- The batch row, and its alert outbox row ($8..$13: one element per touched series; NULL when
+-- the batch stored no readings or the committer writes no outbox): one statement, one round trip.
+WITH outbox AS (
+    INSERT INTO rpm.alert_outbox (batch_id, patient_ids, metric_ids, range_starts, range_ends,
+                                  lows, highs)
+    SELECT $1, $8::uuid[], $9::smallint[], $10::bigint[], $11::bigint[],
+           $12::double precision[], $13::double precision[]
+    WHERE cardinality($8::uuid[]) > 0
+)
 INSERT INTO rpm.ingest_batches (batch_id, source, ingestor, row_count, duplicate_count,
                                 conflict_count, quarantine_count)
 OVERRIDING SYSTEM VALUE

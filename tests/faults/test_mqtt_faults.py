@@ -44,7 +44,7 @@ def ingest_backends(ward: FaultWard, *, blocked_before_commit: bool = False) -> 
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
             "AND application_name = %s AND (NOT %s OR (wait_event_type = 'Lock' "
-            "AND query LIKE 'INSERT INTO rpm.ingest_batches%%'))",
+            "AND query LIKE '%%INSERT INTO rpm.ingest_batches%%'))",
             (INGEST_APP, blocked_before_commit),
         ).fetchone()
     assert row is not None

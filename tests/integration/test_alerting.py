@@ -573,7 +573,9 @@ def test_committed_batches_create_alerts_through_the_committer_hook(
         ):
             worker = AlertWorker(alert_pool)
             await worker.start()
-            committer = GroupCommitter(pool, source="http", post_commit=worker.on_commit)
+            committer = GroupCommitter(
+                pool, source="http", alert_outbox=True, post_commit=worker.on_commit
+            )
             await committer.start()
             try:
                 for r in batch:
@@ -638,7 +640,7 @@ def test_post_readings_through_the_api_creates_the_alert(
 class _FailingEvaluator(AlertEvaluator):
     """Our own evaluator made to fail (the database stays real): a defect in evaluation."""
 
-    async def evaluate(
+    async def evaluate_in_transaction(
         self,
         conn: asyncpg.Connection,
         touched: Any,  # noqa: ARG002 - the signature of the method it replaces
@@ -662,7 +664,9 @@ def test_failing_evaluation_neither_fails_the_ack_nor_loses_the_evaluation(
                 alert_pool, evaluator=_FailingEvaluator(), max_attempts=2, max_backoff_s=0.01
             )
             await worker.start()
-            committer = GroupCommitter(pool, source="http", post_commit=worker.on_commit)
+            committer = GroupCommitter(
+                pool, source="http", alert_outbox=True, post_commit=worker.on_commit
+            )
             await committer.start()
             try:
                 outcome = await committer.submit(

@@ -1,0 +1,1 @@
+DROP TABLE rpm.alert_outbox;
