@@ -83,6 +83,8 @@ async def open_ingest_runtime(
                 post_commit=alerts.on_commit if alerts else None,
             )
             await committer.start()
+            devices = DeviceDirectory(pool, database_url=database_url)
+            await devices.start()
             try:
                 yield IngestRuntime(
                     service=IngestService(
@@ -91,7 +93,7 @@ async def open_ingest_runtime(
                         metrics=metrics,
                         horizon=horizon,
                     ),
-                    devices=DeviceDirectory(pool),
+                    devices=devices,
                     committer=committer,
                     metrics=metrics,
                     alerts=alerts,
@@ -99,6 +101,7 @@ async def open_ingest_runtime(
             finally:
                 # The committer first: the alert worker then evaluates its last batches.
                 await committer.stop()
+                await devices.stop()
                 horizon_task.cancel()
                 await asyncio.gather(horizon_task, return_exceptions=True)
 

@@ -1350,3 +1350,27 @@ CREATE TABLE rpm.alert_outbox (
 );
 COMMENT ON TABLE rpm.alert_outbox IS
     'Alert evaluations requested by committed ingest batches; claimed and deleted by alert workers.';
+
+-- ---------------------------------------------------------------------------------------------
+-- Device change notifications (migration 0012): ingest's device caches drop a changed device.
+-- ---------------------------------------------------------------------------------------------
+CREATE FUNCTION rpm.notify_device_changed() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        PERFORM pg_notify('rpm_device_changed', OLD.device_id::text);
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        PERFORM pg_notify('rpm_device_changed', NEW.device_id::text);  -- same payload: folded
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER devices_notify_changed
+    AFTER INSERT OR UPDATE OR DELETE ON rpm.devices
+    FOR EACH ROW EXECUTE FUNCTION rpm.notify_device_changed();
+CREATE TRIGGER device_assignments_notify_changed
+    AFTER INSERT OR UPDATE OR DELETE ON rpm.device_assignments
+    FOR EACH ROW EXECUTE FUNCTION rpm.notify_device_changed();

@@ -13,19 +13,34 @@ SELECT metric_id, unit, scale, shift
 FROM rpm.unit_conversions;
 
 -- name: device_by_id
-SELECT device_id, status
-FROM rpm.devices
-WHERE device_id = $1 AND deleted_at IS NULL;
+-- A device with its assignment periods (oldest first), in one round trip.
+SELECT d.device_id, d.status,
+       coalesce(array_agg(lower(a.valid_during) ORDER BY lower(a.valid_during))
+                FILTER (WHERE a.assignment_id IS NOT NULL), '{}') AS valid_from,
+       -- NULL for a period still open
+       coalesce(array_agg(CASE WHEN upper_inf(a.valid_during) THEN NULL
+                               ELSE upper(a.valid_during) END
+                          ORDER BY lower(a.valid_during))
+                FILTER (WHERE a.assignment_id IS NOT NULL), '{}') AS valid_until,
+       coalesce(array_agg(a.patient_id ORDER BY lower(a.valid_during))
+                FILTER (WHERE a.assignment_id IS NOT NULL), '{}') AS patient_ids
+FROM rpm.devices d
+LEFT JOIN rpm.device_assignments a ON a.device_id = d.device_id
+WHERE d.device_id = $1 AND d.deleted_at IS NULL
+GROUP BY d.device_id;
 
 -- name: device_by_token_hash
-SELECT device_id, status
-FROM rpm.devices
-WHERE credential_sha256 = $1 AND deleted_at IS NULL;
-
--- name: device_assignments
-SELECT lower(valid_during) AS valid_from,
-       CASE WHEN upper_inf(valid_during) THEN NULL ELSE upper(valid_during) END AS valid_until,
-       patient_id
-FROM rpm.device_assignments
-WHERE device_id = $1
-ORDER BY lower(valid_during);
+-- The same, for the device a bearer token (its SHA-256) was issued to.
+SELECT d.device_id, d.status,
+       coalesce(array_agg(lower(a.valid_during) ORDER BY lower(a.valid_during))
+                FILTER (WHERE a.assignment_id IS NOT NULL), '{}') AS valid_from,
+       coalesce(array_agg(CASE WHEN upper_inf(a.valid_during) THEN NULL
+                               ELSE upper(a.valid_during) END
+                          ORDER BY lower(a.valid_during))
+                FILTER (WHERE a.assignment_id IS NOT NULL), '{}') AS valid_until,
+       coalesce(array_agg(a.patient_id ORDER BY lower(a.valid_during))
+                FILTER (WHERE a.assignment_id IS NOT NULL), '{}') AS patient_ids
+FROM rpm.devices d
+LEFT JOIN rpm.device_assignments a ON a.device_id = d.device_id
+WHERE d.credential_sha256 = $1 AND d.deleted_at IS NULL
+GROUP BY d.device_id;
