@@ -130,8 +130,16 @@ def _stat(pid: int | str) -> list[str] | None:
 
 
 def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds of ``pid`` and of its children (``serve --workers N`` forks its workers)."""
     fields = _stat(pid)
-    return None if fields is None else _stat_cpu_s(fields)
+    if fields is None:
+        return None
+    total = _stat_cpu_s(fields, reaped_children=True)
+    for child in Path("/proc").iterdir():
+        child_fields = _stat(child.name) if child.name.isdigit() else None
+        if child_fields is not None and child_fields[1] == str(pid):
+            total += _stat_cpu_s(child_fields)
+    return total
 
 
 def postgres_cpu_s(port: int) -> float | None:
