@@ -27,13 +27,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import asyncpg
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ingest.committer import BufferFullError
+from ingest.committer import BufferFullError, DatabaseUnavailableError
 from ingest.runtime import IngestRuntime
 from ingest.service import PayloadRejectedError
 
@@ -43,6 +44,18 @@ TOPIC_FILTER = "rpm/v1/devices/+/readings"
 _TOPIC = re.compile(r"^rpm/v1/devices/([^/]+)/readings$")
 _BUSY_RETRY_S = 0.2
 _MAX_RETRY_S = 5.0
+# A message whose ingest fails this many times for a reason other than the database is
+# quarantined (reason INGEST_FAILED) and acknowledged.
+_MAX_UNEXPECTED_FAILURES = 5
+INGEST_FAILED = "ingest_failed"
+# Failures that say nothing about the message: retried for as long as they last.
+_DATABASE_TROUBLE = (
+    DatabaseUnavailableError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
 
 
 def subscription_filter(group: str) -> str:
@@ -117,6 +130,7 @@ class MqttIngestor:
         self._unsubscribed = asyncio.Event()
         self._last_activity_at = 0.0
         self.messages_acked = 0
+        self.subscribed = asyncio.Event()  # the broker confirmed the subscription (SUBACK)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then finish in-flight messages and disconnect."""
@@ -217,6 +231,7 @@ class MqttIngestor:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_unsubscribe = self._on_unsubscribe
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _connect_properties(self) -> Properties:
@@ -239,6 +254,10 @@ class MqttIngestor:
             client.unsubscribe(topic_filter)
         else:
             client.subscribe(topic_filter, qos=1)
+
+    def _on_subscribe(self, *_args: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self.subscribed.set)
 
     def _on_unsubscribe(self, *_args: Any) -> None:
         assert self._loop is not None
@@ -300,6 +319,7 @@ class MqttIngestor:
         except ValueError:
             device_id = None  # not a uuid: validation reports the device as unknown
         backoff = _BUSY_RETRY_S
+        failures = 0
         while True:
             try:
                 device = await self._runtime.devices.by_id(device_id) if device_id else None
@@ -316,12 +336,47 @@ class MqttIngestor:
                 break  # quarantined and committed: acknowledge it like any stored message
             except BufferFullError:
                 await asyncio.sleep(_BUSY_RETRY_S)  # hold the ack: backpressure to the broker
-            except Exception:
-                # Never acknowledged, never dropped: an unexpected failure is retried, and
+            except _DATABASE_TROUBLE:
+                # Never acknowledged, never dropped: retried until the database is back, and
                 # later messages wait behind it because acknowledgements go in order.
                 log.exception("MQTT message not stored yet; retrying", extra={"mid": delivery.mid})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_RETRY_S)
+            except Exception as exc:
+                # Not the database: something about this message breaks ingest (a defect).
+                # Retried a few times, then quarantined whole with the error and acknowledged:
+                # kept, never silently lost, and never a poison message that stalls every
+                # acknowledgement behind it.
+                failures += 1
+                log.exception(
+                    "MQTT message failed unexpectedly",
+                    extra={"mid": delivery.mid, "attempt": failures},
+                )
+                if failures >= _MAX_UNEXPECTED_FAILURES and await self._quarantine_failed(
+                    delivery, claimed, exc
+                ):
+                    break
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_RETRY_S)
+
+    async def _quarantine_failed(
+        self, delivery: _Delivery, claimed: str | None, error: Exception
+    ) -> bool:
+        """Quarantine a message that keeps failing; whether it is now durably kept."""
+        try:
+            await self._runtime.service.quarantine(
+                delivery.payload,
+                source="mqtt",
+                reason=INGEST_FAILED,
+                detail=f"ingest failed {_MAX_UNEXPECTED_FAILURES} times on this message: "
+                f"{type(error).__name__}: {error}",
+                claimed_device=claimed,
+                topic=delivery.topic,
+            )
+        except Exception:
+            log.exception("could not quarantine a failing MQTT message; retrying it")
+            return False
+        return True
 
     def _finish(self, delivery: _Delivery) -> None:
         if delivery.generation != self._generation or self._client is None:

@@ -162,12 +162,14 @@ class IngestService:
         reason: str,
         detail: str,
         claimed_device: str | None = None,
+        topic: str | None = None,
     ) -> None:
         """Quarantine ``raw`` whole with a caller's ``reason``; return after COMMIT.
 
         For transports that refuse something before it reaches decoding (the FHIR import: an
-        unknown or ambiguous patient identifier), so that it is kept and counted like any other
-        rejected payload. ``reason`` must be snake_case (the quarantine's CHECK).
+        unknown or ambiguous patient identifier) or that give up on it (an MQTT message that
+        keeps failing), so that it is kept and counted like any other rejected payload.
+        ``reason`` must be snake_case (the quarantine's CHECK).
         """
         base = IngestRequest(
             readings=(),
@@ -176,7 +178,7 @@ class IngestService:
             raw_payload=raw,
             received_at=time.time(),
             claimed_device=claimed_device,
-            topic=None,
+            topic=topic,
         )
         await self._quarantine_whole(base, source, reason, detail)
 

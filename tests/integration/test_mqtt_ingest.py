@@ -6,6 +6,7 @@ after kills and restarts, sent = stored, exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -19,13 +20,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client import CollectorRegistry
 
-from ingest.mqtt import shutdown_client
+from ingest.directory import load_catalogue
+from ingest.mqtt import INGEST_FAILED, MqttIngestor, MqttOptions, shutdown_client
+from ingest.runtime import open_ingest_runtime
+from ingest.service import IngestReport, IngestService
 from rpmstore.localstack.mosquitto import GATEWAY_USER, INGEST_USER
 from schema.registry import assign_device, register_device, register_patient
 from tests.conftest import Broker, PgServer
@@ -335,3 +342,57 @@ def test_retiring_a_dead_ingestors_session_releases_what_it_held(mqtt_ward: Mqtt
     wait_until(lambda: mqtt_ward.stored() >= 400, "readings after the retirement")
     time.sleep(1)
     assert mqtt_ward.stored() == 400
+
+
+class _DefectiveService(IngestService):
+    """Our own ingest service with a defect that only one payload triggers (the servers stay
+    real): stands for any bug a particular message could hit."""
+
+    async def ingest(self, raw: bytes, **kwargs: Any) -> IngestReport:
+        if b'"poison"' in raw:
+            raise RuntimeError("a defect this payload triggers")
+        return await super().ingest(raw, **kwargs)
+
+
+def test_a_message_that_keeps_failing_is_quarantined_and_does_not_stall_the_rest(
+    mqtt_ward: MqttWard, mqtt_broker: Broker
+) -> None:
+    device = mqtt_ward.devices[0]
+    poison = json.dumps({"device_id": str(device), "readings": [], "poison": 1}).encode()
+    payloads = [reading_payload(device, 1), poison, reading_payload(device, 2)]
+
+    async def run() -> int:
+        registry = CollectorRegistry()
+        async with open_ingest_runtime(mqtt_ward.db_url, source="mqtt", registry=registry) as rt:
+            conn = await asyncpg.connect(mqtt_ward.db_url)
+            try:
+                catalogue = await load_catalogue(conn)
+            finally:
+                await conn.close()
+            defective = _DefectiveService(
+                committer=rt.committer, catalogue=catalogue, metrics=rt.metrics
+            )
+            ingestor = MqttIngestor(
+                dataclasses.replace(rt, service=defective),
+                MqttOptions(
+                    url=mqtt_broker.url(INGEST_USER),
+                    client_id=f"poison-{uuid.uuid4().hex[:6]}",
+                    group="",
+                ),
+            )
+            stop = asyncio.Event()
+            running = asyncio.create_task(ingestor.run(stop))
+            await asyncio.wait_for(ingestor.subscribed.wait(), WAIT_S)
+            mids = [mqtt_ward.publisher.publish(device, p) for p in payloads]
+            await asyncio.to_thread(mqtt_ward.publisher.wait_acked, mids)
+            await asyncio.to_thread(
+                wait_until, lambda: ingestor.messages_acked == 3, "all three acknowledged"
+            )
+            stop.set()
+            await running
+            return ingestor.messages_acked
+
+    assert asyncio.run(run()) == 3
+    assert mqtt_ward.stored() == 2
+    ((reason, raw, topic),) = mqtt_ward.quarantined()
+    assert (reason, raw, topic) == (INGEST_FAILED, poison, f"rpm/v1/devices/{device}/readings")
