@@ -160,7 +160,7 @@ class AlertEvaluator:
         q = self._q
         await conn.fetchval(q["lock_patients"], patients)
         await conn.execute(q["create_window"])
-        await conn.execute(
+        status = await conn.execute(
             q["fill_window"],
             patients,
             metrics,
@@ -169,9 +169,15 @@ class AlertEvaluator:
             [t.low for t in touched],
             [t.high for t in touched],
         )
-        extended = await conn.fetch(q["extend_active_alerts"])
-        resolved = await conn.fetch(q["resolve_back_in_range"])
-        opened = await conn.fetch(q["open_new_alerts"])
+        extended: list[asyncpg.Record] = []
+        resolved: list[asyncpg.Record] = []
+        opened: list[asyncpg.Record] = []
+        # An empty window (the usual case: no new value breaches a rule and no alert of the
+        # series is active) has nothing to extend, resolve or open: skip three statements.
+        if _rows_affected(status):
+            extended = await conn.fetch(q["extend_active_alerts"])
+            resolved = await conn.fetch(q["resolve_back_in_range"])
+            opened = await conn.fetch(q["open_new_alerts"])
         resumed = await conn.fetch(q["resolve_missing_data_for_touched"], patients, metrics)
         result = EvaluationResult(
             extended=len(extended),
@@ -189,3 +195,8 @@ class AlertEvaluator:
                 },
             )
         return result
+
+
+def _rows_affected(command_status: str) -> int:
+    """The row count of a command status such as ``INSERT 0 42``."""
+    return int(command_status.rsplit(" ", 1)[-1])

@@ -75,7 +75,7 @@ class AlertWorker:
         evaluator: AlertEvaluator | None = None,
         sweep_interval_s: float | None = None,
         poll_interval_s: float = 1.0,
-        gather_s: float = 0.1,
+        gather_s: float = 0.25,
         max_attempts: int = 5,
         max_backoff_s: float = 5.0,
         metrics: AlertMetrics | None = None,
