@@ -134,10 +134,10 @@ class AlertWorker:
             if self._metrics and time.monotonic() - checked >= self._poll_interval_s:
                 checked = time.monotonic()
                 await self._observe_backlog(self._metrics)
-            if await self._evaluate_outbox() and self._gather_s:
-                # Busy: let the batches committed meanwhile gather, so that one evaluation
-                # (seven statements) covers many batches instead of one each. Idle, the next
-                # batch is evaluated as soon as it commits.
+            if await self._evaluate_outbox() and self._wake.is_set() and self._gather_s:
+                # Busy (batches committed while this evaluation ran): let more gather, so that
+                # one evaluation (seven statements) covers many batches instead of one each.
+                # Otherwise the next batch is evaluated as soon as it commits.
                 await asyncio.sleep(self._gather_s)
             if not self._wake.is_set():
                 self._idle.set()
