@@ -87,6 +87,8 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from ingest.rfc3339 import parse_rfc3339_column
+
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_READINGS_PER_PAYLOAD = 1000
 MAX_CLIENT_ID_CHARS = 128
@@ -422,6 +424,14 @@ def _decode_ordinary(items: list[Any]) -> DecodedReadings | None:
         time_us = millis * 1000
         offsets = np.zeros(count, dtype=np.int16)
         offset_unknown = np.ones(count, dtype=np.bool_)
+    elif time_types == {str} and (
+        columns := parse_rfc3339_column(
+            cast(list[str], times),
+            max_epoch_us=_MAX_EPOCH_US,
+            max_offset_minutes=MAX_UTC_OFFSET_MINUTES,
+        )
+    ):
+        time_us, offsets, offset_unknown = columns
     else:
         parsed = [_parse_time(t) for t in times]
         if None in parsed:
