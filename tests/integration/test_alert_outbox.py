@@ -4,9 +4,14 @@ and whichever worker claims it evaluates and deletes it in one transaction."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -177,3 +182,35 @@ def test_alerts_sweep_evaluates_what_no_worker_took(
     assert "outbox batches evaluated 1" in capsys.readouterr().out
     assert [a["rule_id"] for a in alerts(conn, patient)] == [SPO2_BELOW_85]
     assert outbox_rows(conn) == []
+
+
+def test_alerts_run_evaluates_the_outbox_of_ingestors_that_do_not(
+    conn: psycopg.Connection, db_url: str, tmp_path: Path
+) -> None:
+    """`rpmstore alerts run`: the alert service for RPMSTORE_ALERTS_INLINE=false ingestors."""
+    log = tmp_path / "alerts.log"
+    with log.open("wb") as out:
+        service = subprocess.Popen(
+            [sys.executable, "-m", "rpmstore.cli", "alerts", "run", "--poll", "0.2"],
+            env={
+                **os.environ,
+                "DATABASE_URL": db_url,
+                "MQTT_URL": "mqtt://unused@127.0.0.1:1",
+                "RPMSTORE_INSTANCE": f"test-{uuid.uuid4().hex[:8]}",
+                "RPMSTORE_LOG_FORMAT": "json",
+            },
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        patient = new_patient(conn)
+        asyncio.run(commit_only(db_url, request(readings(patient, [(0, 80.0)], metric_id=SPO2))))
+        deadline = time.monotonic() + 60  # bounds a hung test; not a speed requirement
+        while not alerts(conn, patient) and time.monotonic() < deadline:
+            assert service.poll() is None, log.read_text()
+            time.sleep(0.1)
+        assert [a["rule_id"] for a in alerts(conn, patient)] == [SPO2_BELOW_85]
+        assert outbox_rows(conn) == []
+    finally:
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(timeout=30) == 0, log.read_text()
