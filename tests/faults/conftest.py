@@ -39,6 +39,16 @@ from rpmstore.localstack.postgres import new_password
 from rpmstore.localstack.stack import mqtt_url
 from rpmstore.simulate_ward import PlannedPayload, Shares, TrafficPlan, Ward, register_ward
 from tests.conftest import PgServer, free_port
+from tests.faults.alerts import assert_alerts_exact
+from tests.faults.episodes import (
+    Episode,
+    interleave,
+    plan_episodes,
+    reading_keys,
+    register_episode_patients,
+)
+
+__all__ = ["assert_alerts_exact", "reading_keys"]
 
 WAIT_S = 90.0
 # No bad payloads and no deliberate re-sends: every reading the ward sends must end up stored
@@ -53,21 +63,6 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT_S
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-def reading_keys(payloads: Iterable[PlannedPayload]) -> Counter[tuple[str, str]]:
-    """(device id, client reading id) of every row the payloads should store; a BP panel
-    stores two rows, ``<id>:systolic`` and ``<id>:diastolic``."""
-    keys: Counter[tuple[str, str]] = Counter()
-    for payload in payloads:
-        device = str(payload.device.device_id)
-        for item in json.loads(payload.body)["readings"]:
-            if "systolic" in item:
-                keys[(device, f"{item['id']}:systolic")] += 1
-                keys[(device, f"{item['id']}:diastolic")] += 1
-            else:
-                keys[(device, item["id"])] += 1
-    return keys
 
 
 @dataclass
@@ -200,8 +195,12 @@ class FaultWard:
     tmp_path: Path
     broker: MosquittoInstance
     broker_passwords: dict[str, str]
+    # Abnormal episodes of two more patients (tests/faults/episodes.py), sent among the ward's
+    # first payloads; every alert check expects their alerts.
+    episodes: list[Episode] = field(default_factory=list)
     processes: list[RpmstoreProcess] = field(default_factory=list)
     threads: list[threading.Thread] = field(default_factory=list)  # the ward's senders
+    _episodes_sent: bool = False
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
@@ -249,8 +248,24 @@ class FaultWard:
 
     def payloads(self, count: int) -> list[PlannedPayload]:
         """The next ``count`` payloads of the ward, measured now (planned up front, so that
-        sending them costs the sending thread nothing but the send)."""
-        return [self.plan.next_payload(datetime.now(UTC)) for _ in range(count)]
+        sending them costs the sending thread nothing but the send); the first call also
+        spreads the episodes' payloads among them."""
+        payloads = [self.plan.next_payload(datetime.now(UTC)) for _ in range(count)]
+        if self._episodes_sent:
+            return payloads
+        self._episodes_sent = True
+        return interleave(payloads, self.episodes)
+
+    def stop_processes(self) -> None:
+        """SIGTERM every process still running: each drains its alert evaluations before it
+        exits, so what the database holds afterwards is final."""
+        for process in self.processes:
+            process.stop()
+
+    def assert_alerts_exact(self, *, all_episodes_stored: bool = True) -> None:
+        """Stop the processes, then :func:`tests.faults.alerts.assert_alerts_exact`."""
+        self.stop_processes()
+        assert_alerts_exact(self.db_url, self.episodes, all_episodes_stored=all_episodes_stored)
 
     def stored_rows(self) -> int:
         with psycopg.connect(self.db_url) as conn:
@@ -370,8 +385,10 @@ def fault_ward(
     tmp_path: Path,
 ) -> Iterator[FaultWard]:
     rng = np.random.default_rng(6)
+    now = datetime.now(UTC)
     with psycopg.connect(db_url, autocommit=True) as conn:
-        ward = register_ward(conn, patients=4, rng=rng, now=datetime.now(UTC))
+        ward = register_ward(conn, patients=4, rng=rng, now=now)
+        episode_patients = register_episode_patients(conn, run_id=ward.run_id, now=now)
     plan = TrafficPlan(ward, rng, shares=SHARES, episodes=())
     database = str(conninfo_to_dict(db_url)["dbname"])
     broker, passwords = fault_broker
@@ -384,6 +401,7 @@ def fault_ward(
         tmp_path,
         broker,
         passwords,
+        episodes=plan_episodes(episode_patients, now),
     )
     try:
         yield fault

@@ -72,6 +72,7 @@ def test_postgres_restart_under_the_api_while_devices_post(
     assert delivery.undelivered_payloads == 0, delivery.transport
     assert delivery.delivered_payloads == len(payloads), "every request was answered in the end"
     assert_exactly_once(fault_ward, payloads, payloads)
+    fault_ward.assert_alerts_exact()
     assert_amcheck_clean(debian_root, fault_ward.admin_db_url)
 
 
@@ -92,4 +93,5 @@ def test_api_killed_and_restarted_while_devices_retry(
     assert delivery.delivered_payloads == len(payloads), "every request was answered in the end"
     assert delivery.transport["connection errors"] > 0, "the kill interrupted requests"
     assert_exactly_once(fault_ward, payloads, payloads)
+    fault_ward.assert_alerts_exact()
     assert_amcheck_clean(debian_root, fault_ward.admin_db_url)

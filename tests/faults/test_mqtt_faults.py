@@ -57,6 +57,7 @@ def finish_and_check(
     publisher.wait_all_acked()
     wait_until(lambda: ward.stored_rows() >= expected_rows, "every reading to be stored")
     assert_exactly_once(ward, publisher.payloads(), publisher.acked())
+    ward.assert_alerts_exact()
     assert_amcheck_clean(debian_root, ward.admin_db_url)
 
 
@@ -144,6 +145,7 @@ def test_mosquitto_restart_loses_what_devices_send_before_the_ingestor_resubscri
         assert set(reading_keys(before_stop)) <= stored, "what was acked before the restart"
         lost = set(reading_keys(publisher.acked())) - stored
         assert lost, "Mosquitto now restores shared subscriptions: make this exactly-once"
+        fault_ward.assert_alerts_exact(all_episodes_stored=False)
         assert_amcheck_clean(debian_root, fault_ward.admin_db_url)
     finally:
         publisher.close()
