@@ -87,6 +87,19 @@ CROSS JOIN LATERAL (
 WHERE (al.breach_count, al.peak_value) IS DISTINCT FROM (s.breaches::integer, s.peak)
 """
 )
+# (patient, rule) pairs with an alert whose span holds an in-range reading.
+_UNSPLIT = (
+    _WITH_RULES
+    + """
+SELECT DISTINCT al.patient_id, al.rule_id
+FROM al
+WHERE EXISTS (
+    SELECT 1 FROM rpm.readings x
+    WHERE x.patient_id = al.patient_id AND x.metric_id = al.metric_id
+      AND x.measured_at BETWEEN al.first_breach_at AND al.last_breach_at
+      AND NOT rpm.alert_breaches(al.kind, al.threshold, x.value))
+"""
+)
 # Each alert was opened once and, if resolved, resolved once.
 _EVENTS = """
 SELECT a.alert_id, a.status,
@@ -131,7 +144,14 @@ def assert_alerts_exact(
           one "opened" event per alert, and one "resolved" event per resolved alert.
         And the alerts are exactly those the readings imply: evaluating every stored reading
         from scratch (all threshold alerts deleted, in a transaction rolled back afterwards)
-        recreates the same threshold alerts, neither more nor fewer.
+        recreates the same threshold alerts, neither more nor fewer. One exception, by the
+        rules' design (they never retract what a clinician saw): an in-range reading that
+        arrives after an alert already covered its time does not split that alert, where a
+        from-scratch evaluation sees two runs. The ward's own traffic can breach thresholds
+        now and then (patient 0's systolic baseline is 100.5 mm[Hg]; a CGM trough nears 70
+        mg/dL) and its late or redelivered readings arrive out of order, so (patient, rule)
+        pairs with an alert spanning an in-range reading are left out of this comparison;
+        the episodes' series never have one (asserted), so they are always compared.
     (c) **Every injected episode alerted**, with the span, count, peak, last value and status
         the rules give its readings (``Episode.expected``), and no other alert for those patients.
         With ``all_episodes_stored=False`` (a test where acknowledged readings are lost by
@@ -147,7 +167,7 @@ async def _check(db_url: str, episodes: Sequence[Episode], *, all_episodes_store
     try:
         await evaluate_parked(conn, AlertEvaluator())
         await _assert_nothing_lost(conn)
-        await _assert_nothing_doubled(conn)
+        await _assert_nothing_doubled(conn, episodes)
         await _assert_episodes_alerted(conn, episodes, all_episodes_stored=all_episodes_stored)
     finally:
         await conn.close()
@@ -182,7 +202,7 @@ async def _assert_nothing_lost(conn: asyncpg.Connection) -> None:
     await _rolled_back(conn, check)
 
 
-async def _assert_nothing_doubled(conn: asyncpg.Connection) -> None:
+async def _assert_nothing_doubled(conn: asyncpg.Connection, episodes: Sequence[Episode]) -> None:
     doubled = [dict(r) for r in await conn.fetch(_DOUBLED)]
     assert doubled == [], f"one breach run alerted twice: {doubled}"
     miscounted = [dict(r) for r in await conn.fetch(_MISCOUNTED)]
@@ -190,9 +210,20 @@ async def _assert_nothing_doubled(conn: asyncpg.Connection) -> None:
     events = [dict(r) for r in await conn.fetch(_EVENTS)]
     assert events == [], f"alerts opened or resolved other than once: {events}"
     active = Counter(
-        (r["patient_id"], r["rule_id"]) for r in await conn.fetch(_ALERTS) if r["status"] != "resolved"
+        (r["patient_id"], r["rule_id"])
+        for r in await conn.fetch(_ALERTS)
+        if r["status"] != "resolved"
     )
     assert [key for key, n in active.items() if n > 1] == [], "two active alerts of one rule"
+
+    # Where the rules are order-dependent by design (they never retract what a clinician saw):
+    # an in-range reading that arrives after an alert covered its time does not split the
+    # alert. Those (patient, rule) pairs legitimately differ from a from-scratch evaluation.
+    unsplit = {(r["patient_id"], r["rule_id"]) for r in await conn.fetch(_UNSPLIT)}
+    episode_patients = {e.patient_id for e in episodes}
+    assert {p for p, _ in unsplit} & episode_patients == set(), (
+        f"an episode alert spans an in-range reading: {unsplit}"
+    )
 
     async def check() -> None:
         stored = [tuple(r) for r in await conn.fetch(_THRESHOLD_ALERTS)]
@@ -206,6 +237,9 @@ async def _assert_nothing_doubled(conn: asyncpg.Connection) -> None:
         )
         await AlertEvaluator().evaluate(conn, await _series(conn))
         implied = [tuple(r) for r in await conn.fetch(_THRESHOLD_ALERTS)]
+        stored, implied = (
+            [a for a in alerts if (a[0], a[1]) not in unsplit] for alerts in (stored, implied)
+        )
         assert _diff(stored, implied) == ([], []), (
             "the stored threshold alerts are not those the stored readings imply; "
             "(stored only, implied only) = " + repr(_diff(stored, implied))

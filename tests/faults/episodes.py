@@ -80,11 +80,9 @@ def register_episode_patients(
             identity=PatientIdentity(given_name="Episode", family_name=f"Patient {mrn}"),
             identifiers=[(MRN_SYSTEM, mrn)],
         )
-        devices = {
-            kind: _device(conn, patient_id, kind, f"{mrn}-{kind}", now)
-            for kind in ("pulse_oximeter", "bp_cuff")
-        }
-        patients.append(EpisodePatient(patient_id, devices["pulse_oximeter"], devices["bp_cuff"]))
+        oximeter = _device(conn, patient_id, "pulse_oximeter", f"{mrn}-OX", now)
+        cuff = _device(conn, patient_id, "bp_cuff", f"{mrn}-BP", now)
+        patients.append(EpisodePatient(patient_id, oximeter, cuff))
     return patients
 
 
@@ -101,7 +99,9 @@ def _device(
         valid_from=now - timedelta(hours=2),
     )
     unit = "%" if kind == "pulse_oximeter" else "mm[Hg]"
-    return SimDevice(registered.device_id, registered.token, kind, -1, serial, unit, False, False, 0)
+    return SimDevice(
+        registered.device_id, registered.token, kind, -1, serial, unit, False, False, 0
+    )
 
 
 class _Uploads:
@@ -213,7 +213,9 @@ def plan_episodes(patients: Sequence[EpisodePatient], now: datetime) -> list[Epi
             "hypertensive crisis",
             tuple(panels),
             (
-                _expected(a, SYSTOLIC_ABOVE_180, times, systolic, breaching=slice(1, 4), kind="above"),
+                _expected(
+                    a, SYSTOLIC_ABOVE_180, times, systolic, breaching=slice(1, 4), kind="above"
+                ),
                 _expected(
                     a, DIASTOLIC_ABOVE_120, times, diastolic, breaching=slice(1, 3), kind="above"
                 ),
@@ -255,7 +257,11 @@ def plan_episodes(patients: Sequence[EpisodePatient], now: datetime) -> list[Epi
         Episode(
             "hypotension",
             tuple(parts),
-            (_expected(b, SYSTOLIC_BELOW_90, times, systolic, breaching=slice(1, 3), kind="below"),),
+            (
+                _expected(
+                    b, SYSTOLIC_BELOW_90, times, systolic, breaching=slice(1, 3), kind="below"
+                ),
+            ),
             b.patient_id,
         )
     )
@@ -285,9 +291,7 @@ def plan_episodes(patients: Sequence[EpisodePatient], now: datetime) -> list[Epi
     return episodes
 
 
-def interleave(
-    ward: Sequence[PlannedPayload], episodes: Sequence[Episode]
-) -> list[PlannedPayload]:
+def interleave(ward: Sequence[PlannedPayload], episodes: Sequence[Episode]) -> list[PlannedPayload]:
     """The ward's payloads with the episodes' spread evenly among them, each device's in
     measurement order (as a device uploads its buffer)."""
     by_device: dict[uuid.UUID, list[PlannedPayload]] = {}

@@ -237,3 +237,59 @@ def test_ingestor_killed_after_commit_before_the_puback(
     finally:
         publisher.close()
         proxy.close()
+
+
+ALERTS_APP = "rpmstore-alerts-mqtt"  # the ingestor's alert worker (ingest/runtime.py)
+ALERT_LOCK_CLASS = 1634497652  # the evaluator's advisory locks (schema/queries/alerting.sql)
+
+
+def alert_backends(ward: FaultWard, *, waiting_for_lock: bool = False) -> int:
+    """The ingestor's alert-evaluation connections; with ``waiting_for_lock``, only those
+    waiting for an advisory lock (the evaluator's first statement locks its patients)."""
+    with psycopg.connect(ward.admin_db_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = %s AND (NOT %s OR (wait_event_type = 'Lock' "
+            "AND wait_event = 'advisory'))",
+            (ALERTS_APP, waiting_for_lock),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_ingestor_killed_after_commit_and_puback_before_alert_evaluation(
+    fault_ward: FaultWard, debian_root: DebianRoot
+) -> None:
+    """The window ingest/alerting/worker.py documents: evaluation runs after the COMMIT and
+    the PUBACK, so a process killed in between loses it, and nothing sends those readings
+    again. Timed from outside: the evaluator's advisory locks for every patient are held, so
+    every evaluation waits at its first statement while batches commit and are acknowledged;
+    the ingestor is killed once all of the ward's readings are stored and acknowledged."""
+    ingestor = fault_ward.ingestor()
+    ingestor.start()
+    publisher = fault_ward.publisher()
+    try:
+        with psycopg.connect(fault_ward.admin_db_url, autocommit=True) as locker:
+            locker.execute(
+                "SELECT count(pg_advisory_lock(%s, bucket)) FROM ("
+                " SELECT DISTINCT rpm.alert_lock_bucket(patient_id) AS bucket"
+                " FROM rpm.patients ORDER BY 1) buckets",
+                (ALERT_LOCK_CLASS,),
+            )
+            rows = start_sending(fault_ward, publisher)
+            publisher.wait_all_acked()
+            wait_until(lambda: fault_ward.stored_rows() >= rows, "every reading to be stored")
+            wait_until(
+                lambda: alert_backends(fault_ward, waiting_for_lock=True) > 0,
+                "an alert evaluation to wait for its patients' lock",
+            )
+            ingestor.kill()
+            locker.execute("SELECT pg_advisory_unlock_all()")
+        wait_until(
+            lambda: ingest_backends(fault_ward) + alert_backends(fault_ward) == 0,
+            "the dead ingestor's backends to end",
+        )
+        ingestor.start()
+        finish_and_check(fault_ward, publisher, debian_root, rows)
+    finally:
+        publisher.close()
