@@ -195,7 +195,8 @@ async def _assert_nothing_lost(conn: asyncpg.Connection) -> None:
         await AlertEvaluator().evaluate(conn, await _series(conn))
         after = [tuple(r) for r in await conn.fetch(_ALERTS)]
         assert _diff(before, after) == ([], []), (
-            "re-evaluating every stored reading changed rpm.alerts (an evaluation was lost); "
+            "re-evaluating every stored reading changed rpm.alerts (an evaluation was lost, or "
+            "an alert disagrees with its readings); "
             "(before only, after only) = " + repr(_diff(before, after))
         )
 
