@@ -257,14 +257,22 @@ def alert_backends(ward: FaultWard, *, waiting_for_lock: bool = False) -> int:
     return int(row[0])
 
 
+def outbox_batches(ward: FaultWard) -> int:
+    with psycopg.connect(ward.admin_db_url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM rpm.alert_outbox").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def test_ingestor_killed_after_commit_and_puback_before_alert_evaluation(
     fault_ward: FaultWard, debian_root: DebianRoot
 ) -> None:
-    """The window ingest/alerting/worker.py documents: evaluation runs after the COMMIT and
-    the PUBACK, so a process killed in between loses it, and nothing sends those readings
-    again. Timed from outside: the evaluator's advisory locks for every patient are held, so
-    every evaluation waits at its first statement while batches commit and are acknowledged;
-    the ingestor is killed once all of the ward's readings are stored and acknowledged."""
+    """Alert evaluation runs after the COMMIT and the PUBACK, so nothing sends those readings
+    again: before the alert outbox, a process killed in between lost the evaluation. Timed
+    from outside: the evaluator's advisory locks for every patient are held, so every
+    evaluation waits at its first statement while batches commit and are acknowledged; the
+    ingestor is killed once all of the ward's readings are stored and acknowledged. The
+    restarted ingestor must evaluate what the dead one left in the outbox."""
     ingestor = fault_ward.ingestor()
     ingestor.start()
     publisher = fault_ward.publisher()
@@ -289,7 +297,12 @@ def test_ingestor_killed_after_commit_and_puback_before_alert_evaluation(
             lambda: ingest_backends(fault_ward) + alert_backends(fault_ward) == 0,
             "the dead ingestor's backends to end",
         )
+        assert outbox_batches(fault_ward) > 0, "committed batches were left unevaluated"
         ingestor.start()
+        wait_until(
+            lambda: outbox_batches(fault_ward) == 0,
+            "the restarted ingestor to evaluate what the dead one left",
+        )
         finish_and_check(fault_ward, publisher, debian_root, rows)
     finally:
         publisher.close()
