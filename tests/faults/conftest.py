@@ -4,7 +4,9 @@ Each test gets a fresh database with a registered ward (``rpmstore.simulate_ward
 Mosquitto (so restarting it disturbs no other test), the MQTT ingestor and the API as real
 ``rpmstore`` subprocesses, and a publisher that logs every acknowledgement it gets. After the
 fault, :func:`assert_exactly_once` checks what the database holds against what was sent and
-acknowledged, and :func:`assert_amcheck_clean` runs ``pg_amcheck --heapallindexed``.
+acknowledged, :meth:`FaultWard.assert_alerts_exact` that no alert was lost or doubled (the
+ward includes abnormal episodes, ``tests/faults/episodes.py``), and
+:func:`assert_amcheck_clean` runs ``pg_amcheck --heapallindexed``.
 """
 
 from __future__ import annotations
