@@ -12,7 +12,6 @@ from typing import Any
 import asyncpg
 
 from ingest.alerting import AlertEvaluator, TouchedRange
-from ingest.alerting.outbox import drain_outbox
 from ingest.alerting.sweep import evaluate_parked
 from tests.faults.episodes import Episode, reading_keys
 
@@ -123,10 +122,11 @@ def assert_alerts_exact(
     """No alert lost, none doubled, and every injected episode alerted, exactly.
 
     Call it once nothing evaluates any more (the ingesting processes stopped with SIGTERM,
-    which drains their alert evaluation). Batches still in ``rpm.alert_outbox`` (a stop whose
-    grace ran out) and evaluations parked in ``rpm.alert_pending_evaluations`` are delayed,
-    not lost: they are evaluated first, with the product's own machinery, as the next worker
-    or the sweep of a running system would.
+    which drains their alert evaluation). ``rpm.alert_outbox`` must be empty then: the
+    processes evaluated every batch committed, including what a killed process left. Ranges
+    parked in ``rpm.alert_pending_evaluations`` (evaluation failed repeatedly) are delayed by
+    design, not lost: they are evaluated first, with the sweep's machinery, as the sweep of a
+    running system would.
 
     (a) **Nothing lost.** The real evaluator re-evaluates every stored reading: one touched
         range per (patient, metric) over its whole stored span, every rule considered. Since
@@ -159,8 +159,7 @@ def assert_alerts_exact(
         With ``all_episodes_stored=False`` (a test where acknowledged readings are lost by
         design) only episodes whose readings are all stored are checked.
 
-    The database is left as it was, apart from the outbox and parked evaluations being
-    evaluated.
+    The database is left as it was, apart from parked evaluations being evaluated.
     """
     asyncio.run(_check(db_url, episodes, all_episodes_stored=all_episodes_stored))
 
@@ -168,7 +167,8 @@ def assert_alerts_exact(
 async def _check(db_url: str, episodes: Sequence[Episode], *, all_episodes_stored: bool) -> None:
     conn = await asyncpg.connect(db_url)
     try:
-        await drain_outbox(conn, AlertEvaluator())
+        outbox = await conn.fetchval("SELECT count(*) FROM rpm.alert_outbox")
+        assert outbox == 0, f"{outbox} committed ingest batches were never evaluated"
         await evaluate_parked(conn, AlertEvaluator())
         await _assert_nothing_lost(conn)
         await _assert_nothing_doubled(conn, episodes)

@@ -234,15 +234,35 @@ class FaultWard:
         return process
 
     def api(self, port: int) -> RpmstoreProcess:
-        """``rpmstore serve`` on ``port`` (not started; ready once it logs that it listens)."""
+        """``rpmstore serve`` on ``port`` (not started; ready once it logs that it listens:
+        uvicorn logs "startup complete" before it binds)."""
         process = RpmstoreProcess(
             ["serve", "--port", str(port)],
             self.env(),
             self.tmp_path / "api.log",
-            b"Application startup complete",
+            b"Uvicorn running on",
         )
         self.processes.append(process)
         return process
+
+    def start_api(self, attempts: int = 3) -> tuple[RpmstoreProcess, int]:
+        """``rpmstore serve`` started on a free port, and the port. ``free_port`` only finds a
+        port free at that moment: something else on the machine (an outgoing connection's
+        ephemeral port, another test run) can take it before the API binds, so a bind failure
+        is retried on another port."""
+        for attempt in range(1, attempts + 1):
+            port = free_port()
+            process = self.api(port)
+            in_use = process.log_count(b"address already in use")
+            try:
+                process.start()
+            except AssertionError:
+                self.processes.remove(process)
+                if attempt == attempts or process.log_count(b"address already in use") == in_use:
+                    raise
+                continue
+            return process, port
+        raise AssertionError("unreachable")
 
     def publisher(self, *, broker_port: int | None = None) -> WardPublisher:
         return WardPublisher(broker_port or self.broker.port, self.broker_passwords[GATEWAY_USER])
