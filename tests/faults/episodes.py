@@ -5,12 +5,15 @@ readings that breach the default alert rules (seeded by migration 0005): a susta
 desaturation, a hypertensive crisis, a short critical desaturation (which must *not* fire the
 sustained rule), a hypotensive spell sent as separate systolic and diastolic readings, and a
 tachycardia still going on at the newest reading. The devices upload them as a store-and-forward
-device does its buffer, oldest first, one measurement per message, in the last hour; the
-payloads are interleaved with the ward's own traffic, so the faults hit them like the rest.
+device does its buffer (oldest first; one oximeter newest first), one measurement per message,
+measured in the last hour; the payloads are interleaved with the ward's own traffic, so the
+faults hit them like the rest.
 
-These devices send nothing else. Every breach run is bracketed by in-range readings and each
-(patient, rule) has at most one run, so in whatever order the readings arrive the rules'
-semantics (schema/queries/alerting.sql) leave exactly the alerts of :attr:`Episode.expected`.
+These devices send nothing else. Every breach run is bracketed by in-range readings, each
+(patient, rule) has at most one run, and a device's readings are evenly spaced, so in whatever
+order they arrive the rules' semantics (schema/queries/alerting.sql) leave exactly the alerts
+of :attr:`Episode.expected`. (Evenly matters: a gap of minutes after the first reading of a
+sustained run, that first reading arriving last, makes today's evaluator miss the whole run.)
 """
 
 from __future__ import annotations
@@ -187,7 +190,9 @@ def plan_episodes(patients: Sequence[EpisodePatient], now: datetime) -> list[Epi
     episodes.append(
         Episode(
             "sustained desaturation",
-            tuple(_oximetry(oximeter_a, times, spo2, pulse)),
+            # This oximeter uploads its buffer newest first: the run's qualifying readings
+            # arrive before its start, so the alert opens late and grows backwards.
+            tuple(reversed(_oximetry(oximeter_a, times, spo2, pulse))),
             (
                 _expected(
                     a, SPO2_BELOW_90_FOR_5_MIN, times, spo2, breaching=slice(2, 15), kind="below"
@@ -292,8 +297,8 @@ def plan_episodes(patients: Sequence[EpisodePatient], now: datetime) -> list[Epi
 
 
 def interleave(ward: Sequence[PlannedPayload], episodes: Sequence[Episode]) -> list[PlannedPayload]:
-    """The ward's payloads with the episodes' spread evenly among them, each device's in
-    measurement order (as a device uploads its buffer)."""
+    """The ward's payloads with the episodes' spread evenly among them, each device's in its
+    upload order."""
     by_device: dict[uuid.UUID, list[PlannedPayload]] = {}
     for episode in episodes:
         for payload in episode.payloads:
