@@ -4,12 +4,13 @@ Each test gets a fresh database with a registered ward (``rpmstore.simulate_ward
 Mosquitto (so restarting it disturbs no other test), the MQTT ingestor and the API as real
 ``rpmstore`` subprocesses, and a publisher that logs every acknowledgement it gets. After the
 fault, :func:`assert_exactly_once` checks what the database holds against what was sent and
-acknowledged, and :func:`assert_amcheck_clean` runs ``pg_amcheck --heapallindexed``.
+acknowledged, :meth:`FaultWard.assert_alerts_exact` that no alert was lost or doubled (the
+ward includes abnormal episodes, ``tests/faults/episodes.py``), and
+:func:`assert_amcheck_clean` runs ``pg_amcheck --heapallindexed``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -20,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +40,16 @@ from rpmstore.localstack.postgres import new_password
 from rpmstore.localstack.stack import mqtt_url
 from rpmstore.simulate_ward import PlannedPayload, Shares, TrafficPlan, Ward, register_ward
 from tests.conftest import PgServer, free_port
+from tests.faults.alerts import assert_alerts_exact
+from tests.faults.episodes import (
+    Episode,
+    interleave,
+    plan_episodes,
+    reading_keys,
+    register_episode_patients,
+)
+
+__all__ = ["assert_alerts_exact", "reading_keys"]
 
 WAIT_S = 90.0
 # No bad payloads and no deliberate re-sends: every reading the ward sends must end up stored
@@ -53,21 +64,6 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT_S
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
-
-
-def reading_keys(payloads: Iterable[PlannedPayload]) -> Counter[tuple[str, str]]:
-    """(device id, client reading id) of every row the payloads should store; a BP panel
-    stores two rows, ``<id>:systolic`` and ``<id>:diastolic``."""
-    keys: Counter[tuple[str, str]] = Counter()
-    for payload in payloads:
-        device = str(payload.device.device_id)
-        for item in json.loads(payload.body)["readings"]:
-            if "systolic" in item:
-                keys[(device, f"{item['id']}:systolic")] += 1
-                keys[(device, f"{item['id']}:diastolic")] += 1
-            else:
-                keys[(device, item["id"])] += 1
-    return keys
 
 
 @dataclass
@@ -200,8 +196,12 @@ class FaultWard:
     tmp_path: Path
     broker: MosquittoInstance
     broker_passwords: dict[str, str]
+    # Abnormal episodes of two more patients (tests/faults/episodes.py), sent among the ward's
+    # first payloads; every alert check expects their alerts.
+    episodes: list[Episode] = field(default_factory=list)
     processes: list[RpmstoreProcess] = field(default_factory=list)
     threads: list[threading.Thread] = field(default_factory=list)  # the ward's senders
+    _episodes_sent: bool = False
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
@@ -234,23 +234,59 @@ class FaultWard:
         return process
 
     def api(self, port: int) -> RpmstoreProcess:
-        """``rpmstore serve`` on ``port`` (not started; ready once it logs that it listens)."""
+        """``rpmstore serve`` on ``port`` (not started; ready once it logs that it listens:
+        uvicorn logs "startup complete" before it binds)."""
         process = RpmstoreProcess(
             ["serve", "--port", str(port)],
             self.env(),
             self.tmp_path / "api.log",
-            b"Application startup complete",
+            b"Uvicorn running on",
         )
         self.processes.append(process)
         return process
+
+    def start_api(self, attempts: int = 3) -> tuple[RpmstoreProcess, int]:
+        """``rpmstore serve`` started on a free port, and the port. ``free_port`` only finds a
+        port free at that moment: something else on the machine (an outgoing connection's
+        ephemeral port, another test run) can take it before the API binds, so a bind failure
+        is retried on another port."""
+        for attempt in range(1, attempts + 1):
+            port = free_port()
+            process = self.api(port)
+            in_use = process.log_count(b"address already in use")
+            try:
+                process.start()
+            except AssertionError:
+                self.processes.remove(process)
+                if attempt == attempts or process.log_count(b"address already in use") == in_use:
+                    raise
+                continue
+            return process, port
+        raise AssertionError("unreachable")
 
     def publisher(self, *, broker_port: int | None = None) -> WardPublisher:
         return WardPublisher(broker_port or self.broker.port, self.broker_passwords[GATEWAY_USER])
 
     def payloads(self, count: int) -> list[PlannedPayload]:
         """The next ``count`` payloads of the ward, measured now (planned up front, so that
-        sending them costs the sending thread nothing but the send)."""
-        return [self.plan.next_payload(datetime.now(UTC)) for _ in range(count)]
+        sending them costs the sending thread nothing but the send); the first call also
+        spreads the episodes' payloads among them."""
+        payloads = [self.plan.next_payload(datetime.now(UTC)) for _ in range(count)]
+        if self._episodes_sent:
+            return payloads
+        self._episodes_sent = True
+        return interleave(payloads, self.episodes)
+
+    def stop_processes(self) -> None:
+        """SIGTERM every process still running: each drains its alert evaluations before it
+        exits, so what the database holds afterwards is final."""
+        for process in self.processes:
+            process.stop()
+
+    def assert_alerts_exact(self, *, all_episodes_stored: bool = True) -> None:
+        """Stop the processes, then :func:`tests.faults.alerts.assert_alerts_exact`."""
+        self.stop_processes()
+        assert_alerts_exact(self.db_url, self.episodes, all_episodes_stored=all_episodes_stored)
 
     def stored_rows(self) -> int:
         with psycopg.connect(self.db_url) as conn:
@@ -370,8 +406,10 @@ def fault_ward(
     tmp_path: Path,
 ) -> Iterator[FaultWard]:
     rng = np.random.default_rng(6)
+    now = datetime.now(UTC)
     with psycopg.connect(db_url, autocommit=True) as conn:
-        ward = register_ward(conn, patients=4, rng=rng, now=datetime.now(UTC))
+        ward = register_ward(conn, patients=4, rng=rng, now=now)
+        episode_patients = register_episode_patients(conn, run_id=ward.run_id, now=now)
     plan = TrafficPlan(ward, rng, shares=SHARES, episodes=())
     database = str(conninfo_to_dict(db_url)["dbname"])
     broker, passwords = fault_broker
@@ -384,6 +422,7 @@ def fault_ward(
         tmp_path,
         broker,
         passwords,
+        episodes=plan_episodes(episode_patients, now),
     )
     try:
         yield fault

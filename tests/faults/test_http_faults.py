@@ -18,7 +18,7 @@ import pytest
 from rpmstore.localstack.debian_root import DebianRoot
 from rpmstore.simulate_send import Delivery, HttpSender
 from rpmstore.simulate_ward import PlannedPayload
-from tests.conftest import PgServer, free_port
+from tests.conftest import PgServer
 from tests.faults.conftest import (
     WAIT_S,
     FaultWard,
@@ -60,8 +60,7 @@ def test_postgres_restart_under_the_api_while_devices_post(
     database (or get a 503 and retry): every request is answered in the end, exactly once."""
     if pg_server.instance is None:
         pytest.skip("RPMSTORE_TEST_ADMIN_DATABASE_URL points at a server the tests cannot restart")
-    port = free_port()
-    fault_ward.api(port).start()
+    _, port = fault_ward.start_api()
     payloads, outcome = _start_devices(fault_ward, port)
     pg_server.instance.stop(mode="fast")
     time.sleep(1.0)
@@ -72,15 +71,14 @@ def test_postgres_restart_under_the_api_while_devices_post(
     assert delivery.undelivered_payloads == 0, delivery.transport
     assert delivery.delivered_payloads == len(payloads), "every request was answered in the end"
     assert_exactly_once(fault_ward, payloads, payloads)
+    fault_ward.assert_alerts_exact()
     assert_amcheck_clean(debian_root, fault_ward.admin_db_url)
 
 
 def test_api_killed_and_restarted_while_devices_retry(
     fault_ward: FaultWard, debian_root: DebianRoot
 ) -> None:
-    port = free_port()
-    api = fault_ward.api(port)
-    api.start()
+    api, port = fault_ward.start_api()
     payloads, outcome = _start_devices(fault_ward, port)
     api.kill()  # requests in flight die with it, committed or not
     time.sleep(0.5)
@@ -92,4 +90,5 @@ def test_api_killed_and_restarted_while_devices_retry(
     assert delivery.delivered_payloads == len(payloads), "every request was answered in the end"
     assert delivery.transport["connection errors"] > 0, "the kill interrupted requests"
     assert_exactly_once(fault_ward, payloads, payloads)
+    fault_ward.assert_alerts_exact()
     assert_amcheck_clean(debian_root, fault_ward.admin_db_url)

@@ -57,6 +57,7 @@ def finish_and_check(
     publisher.wait_all_acked()
     wait_until(lambda: ward.stored_rows() >= expected_rows, "every reading to be stored")
     assert_exactly_once(ward, publisher.payloads(), publisher.acked())
+    ward.assert_alerts_exact()
     assert_amcheck_clean(debian_root, ward.admin_db_url)
 
 
@@ -144,6 +145,7 @@ def test_mosquitto_restart_loses_what_devices_send_before_the_ingestor_resubscri
         assert set(reading_keys(before_stop)) <= stored, "what was acked before the restart"
         lost = set(reading_keys(publisher.acked())) - stored
         assert lost, "Mosquitto now restores shared subscriptions: make this exactly-once"
+        fault_ward.assert_alerts_exact(all_episodes_stored=False)
         assert_amcheck_clean(debian_root, fault_ward.admin_db_url)
     finally:
         publisher.close()
@@ -235,3 +237,72 @@ def test_ingestor_killed_after_commit_before_the_puback(
     finally:
         publisher.close()
         proxy.close()
+
+
+ALERTS_APP = "rpmstore-alerts-mqtt"  # the ingestor's alert worker (ingest/runtime.py)
+ALERT_LOCK_CLASS = 1634497652  # the evaluator's advisory locks (schema/queries/alerting.sql)
+
+
+def alert_backends(ward: FaultWard, *, waiting_for_lock: bool = False) -> int:
+    """The ingestor's alert-evaluation connections; with ``waiting_for_lock``, only those
+    waiting for an advisory lock (the evaluator's first statement locks its patients)."""
+    with psycopg.connect(ward.admin_db_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = %s AND (NOT %s OR (wait_event_type = 'Lock' "
+            "AND wait_event = 'advisory'))",
+            (ALERTS_APP, waiting_for_lock),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def outbox_batches(ward: FaultWard) -> int:
+    with psycopg.connect(ward.admin_db_url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM rpm.alert_outbox").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_ingestor_killed_after_commit_and_puback_before_alert_evaluation(
+    fault_ward: FaultWard, debian_root: DebianRoot
+) -> None:
+    """Alert evaluation runs after the COMMIT and the PUBACK, so nothing sends those readings
+    again: before the alert outbox, a process killed in between lost the evaluation. Timed
+    from outside: the evaluator's advisory locks for every patient are held, so every
+    evaluation waits at its first statement while batches commit and are acknowledged; the
+    ingestor is killed once all of the ward's readings are stored and acknowledged. The
+    restarted ingestor must evaluate what the dead one left in the outbox."""
+    ingestor = fault_ward.ingestor()
+    ingestor.start()
+    publisher = fault_ward.publisher()
+    try:
+        with psycopg.connect(fault_ward.admin_db_url, autocommit=True) as locker:
+            locker.execute(
+                "SELECT count(pg_advisory_lock(%s, bucket)) FROM ("
+                " SELECT DISTINCT rpm.alert_lock_bucket(patient_id) AS bucket"
+                " FROM rpm.patients ORDER BY 1) buckets",
+                (ALERT_LOCK_CLASS,),
+            )
+            rows = start_sending(fault_ward, publisher)
+            publisher.wait_all_acked()
+            wait_until(lambda: fault_ward.stored_rows() >= rows, "every reading to be stored")
+            wait_until(
+                lambda: alert_backends(fault_ward, waiting_for_lock=True) > 0,
+                "an alert evaluation to wait for its patients' lock",
+            )
+            ingestor.kill()
+            locker.execute("SELECT pg_advisory_unlock_all()")
+        wait_until(
+            lambda: ingest_backends(fault_ward) + alert_backends(fault_ward) == 0,
+            "the dead ingestor's backends to end",
+        )
+        assert outbox_batches(fault_ward) > 0, "committed batches were left unevaluated"
+        ingestor.start()
+        wait_until(
+            lambda: outbox_batches(fault_ward) == 0,
+            "the restarted ingestor to evaluate what the dead one left",
+        )
+        finish_and_check(fault_ward, publisher, debian_root, rows)
+    finally:
+        publisher.close()
