@@ -230,6 +230,8 @@ class RollupGate:
     complete_until: datetime | None  # raw rows before it are rolled up; None: nothing yet
     watermarks: tuple[tuple[str, datetime | None], ...] = ()  # caggs: (view, watermark)
     lagging: str | None = None  # caggs: the aggregate whose watermark is complete_until
+    # caggs: raw rows from here on are inside the refresh policies' window (None: no policy)
+    refresh_from: datetime | None = None
 
 
 def rollup_gate(conn: psycopg.Connection, resolved: ResolvedPolicies) -> RollupGate:
@@ -255,13 +257,15 @@ def _cagg_gate(conn: psycopg.Connection) -> RollupGate | None:
     marks = tuple((str(view), at) for view, at in conn.execute(Q["cagg_watermarks"]))
     if not marks:
         return None
+    window = conn.execute(Q["cagg_refresh_window_start"]).fetchone()
+    refresh_from: datetime | None = window[0] if window else None
     reached: list[tuple[datetime, str]] = []
     for view, at in marks:
         if at is None:
-            return RollupGate("caggs", None, marks, view)
+            return RollupGate("caggs", None, marks, view, refresh_from)
         reached.append((at, view))
     at, view = min(reached)
-    return RollupGate("caggs", at, marks, view)
+    return RollupGate("caggs", at, marks, view, refresh_from)
 
 
 def rollups_block(
@@ -316,6 +320,15 @@ def _cagg_block(
     far a refresh reached: a range ending after it is complete exactly when it has no rows at
     or after the watermark (rows before it were seen by a refresh; late ones are invalidations,
     checked above)."""
+    if gate.refresh_from is not None and end > gate.refresh_from:
+        # Unlike rpmstore's refresher, TimescaleDB recomputes buckets whose raw rows were
+        # deleted or dropped: removing them inside the window would erase their rollups.
+        shown = "the beginning" if gate.refresh_from.year < 2 else gate.refresh_from.isoformat()
+        return (
+            "rollups at risk: the continuous aggregates' refresh policies recompute from "
+            f"{shown}, this range ends {end.isoformat()}; removing its rows now would make the "
+            "next refresh erase their rollups"
+        )
     if gate.complete_until is None:
         return (
             f"rollups incomplete: continuous aggregate {gate.lagging} has rolled up to nothing "

@@ -123,6 +123,21 @@ CROSS JOIN LATERAL (
 WHERE c.user_view_schema = 'rpm'
 ORDER BY c.mat_hypertable_id;
 
+-- name: cagg_refresh_window_start
+-- TSL edition: the earliest instant the rpm continuous aggregates' refresh policies recompute
+-- (now() - start_offset; no start_offset: from the beginning). A raw row removed after it is an
+-- invalidation the next refresh processes: the buckets are recomputed without the row, and its
+-- rollups are gone. NULL when no refresh policy exists; "from the beginning" is reported as
+-- the year 1 (-infinity would not load into Python).
+SELECT min(CASE WHEN j.config ->> 'start_offset' IS NULL THEN timestamptz '0001-01-01 00:00+00'
+                ELSE now() - (j.config ->> 'start_offset')::interval END)
+FROM timescaledb_information.continuous_aggregates c
+JOIN timescaledb_information.jobs j
+  ON j.hypertable_schema = c.materialization_hypertable_schema
+ AND j.hypertable_name = c.materialization_hypertable_name
+WHERE c.view_schema = 'rpm'
+  AND j.proc_name = 'policy_refresh_continuous_aggregate';
+
 -- name: cagg_pending_invalidations
 -- TSL edition: rows changed below the continuous aggregates' invalidation threshold that no
 -- refresh has picked up yet (TimescaleDB's counterpart of rpm.rollup_invalidations), in

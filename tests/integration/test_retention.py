@@ -22,6 +22,7 @@ from retention.run import RetentionOptions, run_retention
 from rpmstore.cli import main
 from rpmstore.localstack.debian_root import PG_BIN, DebianRoot
 from schema.horizon import fetch_raw_horizon
+from schema.rollups import refresh_rollups
 from tests.conftest import PgServer
 from tests.integration.retention_data import (
     AS_OF,
@@ -365,6 +366,44 @@ def test_metric_class_kept_shorter_than_its_table_is_deleted_after_archive(
     restore_range(conn, start=RECENT, end=AS_OF, operator="dr-ops")
     restore_range(conn, start=OLD - timedelta(days=30), end=HORIZON, operator="dr-ops")
     assert conn.execute(STORED_ROWS).fetchall() == before
+
+
+def test_class_deletes_never_erase_rolled_up_history(
+    conn: psycopg.Connection, tmp_path: Path
+) -> None:
+    """Rows of a class kept 14 days, 20 days old, already rolled up by the real refresher: after
+    retention and another refresh their rollups are still there, on either edition. Apache's
+    refresher recomputes only invalidated buckets, so the rows are deleted; TimescaleDB would
+    recompute the buckets of deleted rows inside its refresh window (30 days), so there the
+    rows wait until they are older than that."""
+    conn.execute(
+        "INSERT INTO rpm.retention_policies (target_schema, target_table, metric_class, keep, "
+        "kind) VALUES ('rpm', 'readings', 'activity', interval '14 days', 'raw')"
+    )
+    now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+    patient = new_patient(conn)
+    insert_readings(
+        conn, patient=patient, start=now - timedelta(days=20), count=30, metric_ids=(1, 12)
+    )
+    steps = (
+        "SELECT count(*), sum(reading_count)::int FROM rpm.readings_1m "
+        "WHERE patient_id = %s AND metric_id = 12"
+    )
+    refresh_rollups(conn)
+    assert conn.execute(steps, (patient,)).fetchone() == (30, 30)
+
+    result = run_retention(conn, options(tmp_path, as_of=now))
+    deletes = [s for s in result.slices if s.work.action == "delete_rows"]
+    assert deletes and sum(s.work.row_count for s in deletes) == 30  # one slice per chunk
+    if continuous_aggregates(conn):
+        assert all(s.status == "skipped" for s in deletes)
+        assert all("next refresh erase their rollups" in (s.reason or "") for s in deletes)
+        assert count_between(conn, now - timedelta(days=21), now) == 60
+    else:
+        assert all(s.status == "deleted" for s in deletes)
+        assert count_between(conn, now - timedelta(days=21), now) == 30
+    refresh_rollups(conn)
+    assert conn.execute(steps, (patient,)).fetchone() == (30, 30)
 
 
 def test_raw_horizon_for_ingest(db_url: str, conn: psycopg.Connection) -> None:
