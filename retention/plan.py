@@ -18,6 +18,7 @@ from psycopg import sql
 
 from retention.archive import SliceSpec, slice_count
 from retention.targets import Policy, Q, ResolvedPolicies, Target, resolve
+from schema.edition import detect_edition
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,13 @@ def build_plan(conn: psycopg.Connection, *, as_of: datetime) -> Plan:
             "not the refresher's watermark"
         )
     elif watermark.mode == "caggs":
+        shown = ", ".join(
+            f"{view} {'nothing yet' if at is None else at.isoformat()}"
+            for view, at in watermark.watermarks
+        )
         notes.append(
-            "rollups are continuous aggregates: raw drops check pending rollup invalidations, "
-            "not the aggregates' own refresh progress"
+            "rollups are continuous aggregates: raw drops wait for pending invalidations and "
+            f"for every aggregate's materialization watermark ({shown})"
         )
     return Plan(as_of, tuple(slices), tuple(notes), held, horizons)
 
@@ -217,12 +222,16 @@ class RollupGate:
 
     mode "none": no rollup target exists (nothing to wait for but pending invalidations);
     "tables": rpmstore's own rollup tables (Apache edition) or another rollup hypertable, whose
-    refresher records its progress; "caggs": continuous aggregates (TSL edition), whose refresh
-    progress is TimescaleDB's own and is not read here.
+    refresher records its progress; "caggs": continuous aggregates (TSL edition), whose
+    materialization watermarks TimescaleDB keeps (one per aggregate, in ``watermarks``).
     """
 
     mode: Literal["none", "tables", "caggs"]
     complete_until: datetime | None  # raw rows before it are rolled up; None: nothing yet
+    watermarks: tuple[tuple[str, datetime | None], ...] = ()  # caggs: (view, watermark)
+    lagging: str | None = None  # caggs: the aggregate whose watermark is complete_until
+    # caggs: raw rows from here on are inside the refresh policies' window (None: no policy)
+    refresh_from: datetime | None = None
 
 
 def rollup_gate(conn: psycopg.Connection, resolved: ResolvedPolicies) -> RollupGate:
@@ -231,12 +240,32 @@ def rollup_gate(conn: psycopg.Connection, resolved: ResolvedPolicies) -> RollupG
     if has_progress and has_progress[0]:
         row = conn.execute(Q["rollup_tables_complete_until"]).fetchone()
         return RollupGate("tables", row[0] if row else None)
+    if detect_edition(conn).continuous_aggregates:
+        gate = _cagg_gate(conn)
+        if gate is not None:
+            return gate
     if not rollups:
         return RollupGate("none", None)
-    if all(t.chunk_schema_table != (t.schema, t.table) for t in rollups):
-        return RollupGate("caggs", None)
     row = conn.execute(Q["rollup_watermark"]).fetchone()
     return RollupGate("tables", row[0] if row else None)
+
+
+def _cagg_gate(conn: psycopg.Connection) -> RollupGate | None:
+    """The least watermark over the aggregates: 1h and 1d are refreshed from 1m, each after it,
+    so raw rows count as rolled up only once every level has seen them (an aggregate that has
+    materialized nothing holds the gate at "nothing yet")."""
+    marks = tuple((str(view), at) for view, at in conn.execute(Q["cagg_watermarks"]))
+    if not marks:
+        return None
+    window = conn.execute(Q["cagg_refresh_window_start"]).fetchone()
+    refresh_from: datetime | None = window[0] if window else None
+    reached: list[tuple[datetime, str]] = []
+    for view, at in marks:
+        if at is None:
+            return RollupGate("caggs", None, marks, view, refresh_from)
+        reached.append((at, view))
+    at, view = min(reached)
+    return RollupGate("caggs", at, marks, view, refresh_from)
 
 
 def rollups_block(
@@ -249,17 +278,69 @@ def rollups_block(
     """Why raw rows of [start, end) may not go yet: their rollups are not complete."""
     if not target.requires_rollups:
         return None
-    row = conn.execute(Q["pending_invalidations"], {"start": start, "end": end}).fetchone()
-    pending = int(row[0]) if row else 0
-    if pending:
-        return (
-            f"rollups incomplete: {pending} pending rollup invalidations overlap "
-            f"[{start.isoformat()}, {end.isoformat()}); refresh the rollups first"
-        )
+    # How far the rollups got first: for rows never rolled up, that is the reason to give.
     if gate.mode == "tables" and (gate.complete_until is None or gate.complete_until < end):
         shown = "nothing yet" if gate.complete_until is None else gate.complete_until.isoformat()
         return (
             f"rollups incomplete: the refresher has rolled up to {shown}, "
             f"this range ends {end.isoformat()}"
         )
+    if gate.mode == "caggs":
+        behind = _cagg_block(conn, target, start, end, gate)
+        if behind is not None:
+            return behind
+    row = conn.execute(Q["pending_invalidations"], {"start": start, "end": end}).fetchone()
+    pending = int(row[0]) if row else 0
+    if gate.mode == "caggs":
+        schema, table = target.chunk_schema_table
+        row = conn.execute(
+            Q["cagg_pending_invalidations"],
+            {
+                "schema": schema,
+                "table": table,
+                "target_schema": target.schema,
+                "target_table": target.table,
+                "start": start,
+                "end": end,
+            },
+        ).fetchone()
+        pending += int(row[0]) if row else 0
+    if pending:
+        return (
+            f"rollups incomplete: {pending} pending rollup invalidations overlap "
+            f"[{start.isoformat()}, {end.isoformat()}); refresh the rollups first"
+        )
     return None
+
+
+def _cagg_block(
+    conn: psycopg.Connection, target: Target, start: datetime, end: datetime, gate: RollupGate
+) -> str | None:
+    """TimescaleDB's watermark is the end of the last materialized bucket *with data*, not how
+    far a refresh reached: a range ending after it is complete exactly when it has no rows at
+    or after the watermark (rows before it were seen by a refresh; late ones are invalidations,
+    checked above)."""
+    if gate.refresh_from is not None and end > gate.refresh_from:
+        # Unlike rpmstore's refresher, TimescaleDB recomputes buckets whose raw rows were
+        # deleted or dropped: removing them inside the window would erase their rollups.
+        shown = "the beginning" if gate.refresh_from.year < 2 else gate.refresh_from.isoformat()
+        return (
+            "rollups at risk: the continuous aggregates' refresh policies recompute from "
+            f"{shown}, this range ends {end.isoformat()}; removing its rows now would make the "
+            "next refresh erase their rollups"
+        )
+    if gate.complete_until is None:
+        return (
+            f"rollups incomplete: continuous aggregate {gate.lagging} has rolled up to nothing "
+            f"yet, this range ends {end.isoformat()}; refresh the rollups first"
+        )
+    if gate.complete_until >= end:
+        return None
+    past = slice_count(conn, SliceSpec(target, max(start, gate.complete_until), end))
+    if not past:
+        return None
+    return (
+        f"rollups incomplete: continuous aggregate {gate.lagging} has rolled up to "
+        f"{gate.complete_until.isoformat()}, {past} rows of this range come after it; "
+        "refresh the rollups first"
+    )

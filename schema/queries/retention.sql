@@ -108,6 +108,58 @@ SELECT CASE WHEN isfinite(least(w.invalidation_threshold, p.materialized_until))
             THEN least(w.invalidation_threshold, p.materialized_until) END
 FROM rpm.rollup_watermark w CROSS JOIN rpm.rollup_progress p;
 
+-- name: cagg_watermarks
+-- TSL edition: each continuous aggregate's materialization watermark, finest first. TimescaleDB
+-- sets it to the end of the last materialized bucket that holds data (so rows before it were
+-- seen by a refresh); NULL before anything is materialized (it then reports the smallest
+-- timestamptz). Only rpmstore's rollups (schema rpm) count.
+SELECT quote_ident(c.user_view_schema::text) || '.' || quote_ident(c.user_view_name::text),
+       CASE WHEN w.at >= timestamptz '0001-01-01 00:00:00+00' THEN w.at END
+FROM _timescaledb_catalog.continuous_agg c
+CROSS JOIN LATERAL (
+    SELECT _timescaledb_functions.to_timestamp(
+               _timescaledb_functions.cagg_watermark(c.mat_hypertable_id)) AS at
+) w
+WHERE c.user_view_schema = 'rpm'
+ORDER BY c.mat_hypertable_id;
+
+-- name: cagg_refresh_window_start
+-- TSL edition: the earliest instant the rpm continuous aggregates' refresh policies recompute
+-- (now() - start_offset; no start_offset: from the beginning). A raw row removed after it is an
+-- invalidation the next refresh processes: the buckets are recomputed without the row, and its
+-- rollups are gone. NULL when no refresh policy exists; "from the beginning" is reported as
+-- the year 1 (-infinity would not load into Python).
+SELECT min(CASE WHEN j.config ->> 'start_offset' IS NULL THEN timestamptz '0001-01-01 00:00+00'
+                ELSE now() - (j.config ->> 'start_offset')::interval END)
+FROM timescaledb_information.continuous_aggregates c
+JOIN timescaledb_information.jobs j
+  ON j.hypertable_schema = c.materialization_hypertable_schema
+ AND j.hypertable_name = c.materialization_hypertable_name
+WHERE c.view_schema = 'rpm'
+  AND j.proc_name = 'policy_refresh_continuous_aggregate';
+
+-- name: cagg_pending_invalidations
+-- TSL edition: rows changed below the continuous aggregates' invalidation threshold that no
+-- refresh has picked up yet (TimescaleDB's counterpart of rpm.rollup_invalidations), in
+-- [start, end) of one hypertable. The log's ranges are inclusive, in microseconds since the
+-- Unix epoch. drop_chunks logs each dropped chunk's whole range [range_start, range_end] too,
+-- touching the next chunk's first instant: entries that are exactly a range retention itself
+-- dropped (its ledger) stand for no row and are not counted.
+SELECT count(*)
+FROM _timescaledb_catalog.continuous_aggs_hypertable_invalidation_log l
+JOIN _timescaledb_catalog.hypertable h ON h.id = l.hypertable_id
+WHERE h.schema_name = %(schema)s AND h.table_name = %(table)s
+  AND l.lowest_modified_value < _timescaledb_functions.to_unix_microseconds(%(end)s)
+  AND l.greatest_modified_value >= _timescaledb_functions.to_unix_microseconds(%(start)s)
+  AND NOT EXISTS (
+      SELECT 1
+      FROM rpm.retention_ledger d
+      WHERE d.target_schema = %(target_schema)s AND d.target_table = %(target_table)s
+        AND d.action = 'drop_chunk' AND d.status = 'dropped'
+        AND _timescaledb_functions.to_unix_microseconds(d.range_start) = l.lowest_modified_value
+        AND _timescaledb_functions.to_unix_microseconds(d.range_end) = l.greatest_modified_value
+  );
+
 -- name: lock_chunk_share
 -- Blocks writers into this chunk (only late readings would write there), not readers.
 LOCK TABLE {chunk} IN SHARE MODE;

@@ -12,6 +12,7 @@ import asyncpg
 import psycopg
 import pyarrow.parquet as pq
 import pytest
+from psycopg import sql
 
 from retention.errors import RechunkInProgressError
 from retention.holds import place_hold, release_hold
@@ -21,6 +22,7 @@ from retention.run import RetentionOptions, run_retention
 from rpmstore.cli import main
 from rpmstore.localstack.debian_root import PG_BIN, DebianRoot
 from schema.horizon import fetch_raw_horizon
+from schema.rollups import refresh_rollups
 from tests.conftest import PgServer
 from tests.integration.retention_data import (
     AS_OF,
@@ -28,10 +30,15 @@ from tests.integration.retention_data import (
     RECENT,
     STORED_ROWS,
     chunk_ranges,
+    continuous_aggregates,
     count_between,
     insert_readings,
-    mark_rollups_complete,
+    leave_rollups_unmaterialized,
+    materialize_rollups,
+    missing_rollup_targets,
     new_patient,
+    rollup_1m_storage,
+    rollup_1m_target,
 )
 
 HORIZON = AS_OF - timedelta(days=90)
@@ -76,15 +83,29 @@ def amcheck_clean(pg_server: PgServer, debian_root: DebianRoot, db_url: str) -> 
     return checked.stdout
 
 
-@pytest.fixture
-def data(conn: psycopg.Connection) -> dict[str, uuid.UUID]:
-    """Four old weeks (due), one held patient among them, and recent readings (kept)."""
+def _insert_data(conn: psycopg.Connection) -> dict[str, uuid.UUID]:
     patient, held = new_patient(conn), new_patient(conn)
     insert_readings(conn, patient=patient, start=OLD, count=3000)
     insert_readings(conn, patient=held, start=OLD + timedelta(days=3), count=200)
     insert_readings(conn, patient=patient, start=RECENT, count=100)
-    mark_rollups_complete(conn, AS_OF)
     return {"patient": patient, "held": held}
+
+
+@pytest.fixture
+def data(conn: psycopg.Connection) -> dict[str, uuid.UUID]:
+    """Four old weeks (due), one held patient among them, and recent readings (kept), all
+    rolled up."""
+    patients = _insert_data(conn)
+    materialize_rollups(conn, AS_OF)
+    return patients
+
+
+@pytest.fixture
+def unrolled_data(conn: psycopg.Connection) -> dict[str, uuid.UUID]:
+    """The same readings before the rollups have materialized any of them."""
+    patients = _insert_data(conn)
+    leave_rollups_unmaterialized(conn)
+    return patients
 
 
 def test_plan_lists_due_chunks_held_rows_and_missing_targets(
@@ -102,9 +123,14 @@ def test_plan_lists_due_chunks_held_rows_and_missing_targets(
     assert sum(s.held_rows for s in due) == 400
     assert all(s.bytes > 0 and s.chunks for s in due)
     assert plan.held_patients == (str(data["held"]),)
-    assert any(
-        "rpm.readings_1m: not a hypertable or continuous aggregate" in note for note in plan.notes
-    )
+    missing_1m, missing_1h = missing_rollup_targets(conn)
+    assert any(missing_1m in note for note in plan.notes)
+    if continuous_aggregates(conn):
+        assert any(
+            "for every aggregate's materialization watermark (" in note
+            and all(f"rpm.readings_{level} 2026-" in note for level in ("1m", "1h", "1d"))
+            for note in plan.notes
+        ), plan.notes
     # A dry run changes nothing.
     assert conn.execute("SELECT count(*) FROM rpm.retention_runs").fetchone() == (0,)
 
@@ -118,7 +144,7 @@ def test_plan_lists_due_chunks_held_rows_and_missing_targets(
     assert "patients under legal hold: 1" in out
     assert f"total: {len(due)} slices due, {sum(s.row_count for s in due)} rows" in out
     assert "400 held rows kept" in out
-    assert "note: rpm.readings_1h: not a hypertable or continuous aggregate" in out
+    assert f"note: {missing_1h}" in out
 
 
 @pytest.mark.usefixtures("data")
@@ -164,7 +190,9 @@ def test_archive_drop_restore_round_trip_gives_identical_rows(
     assert (again.rows_read, again.rows_restored) == (old_rows, 0), "restoring twice is harmless"
     assert conn.execute(STORED_ROWS).fetchall() == before
 
-    # A partial range restores only its rows.
+    # A partial range restores only its rows. The restored rows are rows the rollups have not
+    # seen since (TSL logs them as invalidations): the refresher runs before they go again.
+    materialize_rollups(conn, AS_OF)
     result = run_retention(conn, options(tmp_path / "second"))
     assert result.outcome == "succeeded"
     day = OLD + timedelta(days=8)
@@ -236,24 +264,52 @@ def test_pending_rollup_invalidations_block_the_drop(
     assert count_between(conn, blocked[0].start, blocked[0].end) == 0
 
 
-@pytest.mark.usefixtures("data")
-def test_raw_drops_wait_for_the_rollup_refresher(conn: psycopg.Connection, tmp_path: Path) -> None:
-    """Raw slices past what the refresher has rolled up stay (Apache edition rollup tables)."""
-    conn.execute("UPDATE rpm.rollup_watermark SET invalidation_threshold = '-infinity'")
-    conn.execute("UPDATE rpm.rollup_progress SET materialized_until = '-infinity'")
+@pytest.mark.usefixtures("unrolled_data")
+def test_raw_drops_wait_for_the_rollups(conn: psycopg.Connection, tmp_path: Path) -> None:
+    """Raw slices past what the rollups have materialized stay (rollup tables or aggregates)."""
     plan = build_plan(conn, as_of=AS_OF)
     assert plan.slices
-    assert all("refresher has rolled up to nothing yet" in (s.blocked or "") for s in plan.slices)
+    assert all("has rolled up to nothing yet" in (s.blocked or "") for s in plan.slices)
     middle = plan.slices[1].end
-    # Complete up to the lesser of the ingest threshold and the materialized buckets.
-    conn.execute("UPDATE rpm.rollup_watermark SET invalidation_threshold = %s", (middle,))
-    conn.execute("UPDATE rpm.rollup_progress SET materialized_until = %s", (AS_OF,))
+    materialize_rollups(conn, middle)
     result = run_retention(conn, options(tmp_path))
     assert [s.status for s in result.slices] == ["dropped", "dropped"] + ["skipped"] * (
         len(result.slices) - 2
     )
+    assert all("rollups incomplete" in (s.reason or "") for s in result.slices[2:])
     assert count_between(conn, OLD - timedelta(days=7), middle) == 0
     assert count_between(conn, middle, HORIZON) > 0
+    materialize_rollups(conn, AS_OF)
+    assert run_retention(conn, options(tmp_path / "again")).outcome == "succeeded"
+    assert count_between(conn, OLD - timedelta(days=7), HORIZON) == 0
+
+
+def test_each_editions_own_rollup_bookkeeping_gates_the_drop(
+    conn: psycopg.Connection, data: dict[str, uuid.UUID], tmp_path: Path
+) -> None:
+    """Below the overall mark, each edition's record of what is not rolled up yet holds slices
+    back. Apache: the lesser of ingest's invalidation threshold and the refresher's progress.
+    TSL: TimescaleDB's log of late rows that no refresh has seen yet."""
+    middle = build_plan(conn, as_of=AS_OF).due[1].end
+    if continuous_aggregates(conn):
+        late = middle + timedelta(hours=1)
+        insert_readings(conn, patient=data["patient"], start=late, count=3)
+        expected = "pending rollup invalidations overlap"
+    else:
+        # The refresher's progress stays at AS_OF; ingest's threshold says middle.
+        conn.execute("UPDATE rpm.rollup_watermark SET invalidation_threshold = %s", (middle,))
+        expected = f"the refresher has rolled up to {middle.isoformat()}"
+    plan = build_plan(conn, as_of=AS_OF)
+    blocked = [s for s in plan.slices if s.blocked]
+    assert blocked and blocked[0].start == middle
+    assert all(s.start >= middle and expected in (s.blocked or "") for s in blocked)
+    result = run_retention(conn, options(tmp_path))
+    assert result.outcome == "partial"
+    assert count_between(conn, OLD - timedelta(days=7), middle) == 0
+    assert count_between(conn, blocked[0].start, blocked[0].end) > 0
+    materialize_rollups(conn, AS_OF)
+    assert run_retention(conn, options(tmp_path / "again")).outcome == "succeeded"
+    assert count_between(conn, OLD - timedelta(days=7), HORIZON) == 0
 
 
 @pytest.mark.usefixtures("data")
@@ -292,6 +348,7 @@ def test_metric_class_kept_shorter_than_its_table_is_deleted_after_archive(
     )
     insert_readings(conn, patient=data["patient"], start=RECENT, count=100, metric_ids=(12,))
     insert_readings(conn, patient=data["held"], start=RECENT, count=10, metric_ids=(12,))
+    materialize_rollups(conn, AS_OF)  # the steps are rolled up before they go
     hold = place_hold(conn, data["held"], reason="audit", by="counsel")
     plan = build_plan(conn, as_of=AS_OF)
     deletes = [s for s in plan.slices if s.action == "delete_rows"]
@@ -309,6 +366,44 @@ def test_metric_class_kept_shorter_than_its_table_is_deleted_after_archive(
     restore_range(conn, start=RECENT, end=AS_OF, operator="dr-ops")
     restore_range(conn, start=OLD - timedelta(days=30), end=HORIZON, operator="dr-ops")
     assert conn.execute(STORED_ROWS).fetchall() == before
+
+
+def test_class_deletes_never_erase_rolled_up_history(
+    conn: psycopg.Connection, tmp_path: Path
+) -> None:
+    """Rows of a class kept 14 days, 20 days old, already rolled up by the real refresher: after
+    retention and another refresh their rollups are still there, on either edition. Apache's
+    refresher recomputes only invalidated buckets, so the rows are deleted; TimescaleDB would
+    recompute the buckets of deleted rows inside its refresh window (30 days), so there the
+    rows wait until they are older than that."""
+    conn.execute(
+        "INSERT INTO rpm.retention_policies (target_schema, target_table, metric_class, keep, "
+        "kind) VALUES ('rpm', 'readings', 'activity', interval '14 days', 'raw')"
+    )
+    now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+    patient = new_patient(conn)
+    insert_readings(
+        conn, patient=patient, start=now - timedelta(days=20), count=30, metric_ids=(1, 12)
+    )
+    steps = (
+        "SELECT count(*), sum(reading_count)::int FROM rpm.readings_1m "
+        "WHERE patient_id = %s AND metric_id = 12"
+    )
+    refresh_rollups(conn)
+    assert conn.execute(steps, (patient,)).fetchone() == (30, 30)
+
+    result = run_retention(conn, options(tmp_path, as_of=now))
+    deletes = [s for s in result.slices if s.work.action == "delete_rows"]
+    assert deletes and sum(s.work.row_count for s in deletes) == 30  # one slice per chunk
+    if continuous_aggregates(conn):
+        assert all(s.status == "skipped" for s in deletes)
+        assert all("next refresh erase their rollups" in (s.reason or "") for s in deletes)
+        assert count_between(conn, now - timedelta(days=21), now) == 60
+    else:
+        assert all(s.status == "deleted" for s in deletes)
+        assert count_between(conn, now - timedelta(days=21), now) == 30
+    refresh_rollups(conn)
+    assert conn.execute(steps, (patient,)).fetchone() == (30, 30)
 
 
 def test_raw_horizon_for_ingest(db_url: str, conn: psycopg.Connection) -> None:
@@ -374,8 +469,11 @@ def test_command_line_run_hold_and_restore(
     assert ", 0 already present" in capsys.readouterr().out
     assert conn.execute(STORED_ROWS).fetchall() == before
 
+    # Once the refresher has seen the restored weeks, they are due again: archived again,
+    # dropped again.
+    materialize_rollups(conn, AS_OF)
     code = main(["retention", "run", "--as-of", as_of, "--archive-url", str(tmp_path / "x")])
-    assert code == 0  # the restored weeks are due again: archived again, dropped again
+    assert code == 0
     assert "succeeded" in capsys.readouterr().out
 
 
@@ -393,26 +491,41 @@ def test_archives_go_to_any_fsspec_url(conn: psycopg.Connection) -> None:
 
 
 def test_rollup_tables_follow_their_own_policy(conn: psycopg.Connection, tmp_path: Path) -> None:
-    """rpm.rollup_1m (kept 2 years): another hypertable, time column and shape, same engine."""
+    """The 1-minute rollups (kept 2 years): another hypertable, time column and shape, same
+    engine. Apache: rpm.rollup_1m; TSL: the continuous aggregate rpm.readings_1m, whose
+    materialization hypertable holds the chunks."""
     patient = new_patient(conn)
     place_hold(conn, patient, reason="holds keep raw readings, not rollups", by="counsel")
     old = AS_OF - timedelta(days=3 * 365)
-    conn.execute(
-        "INSERT INTO rpm.rollup_1m (bucket_start, last_at, reading_count, value_sum, value_min, "
-        "value_max, last_value, patient_id, metric_id) "
-        "SELECT %s + g * interval '1 minute', %s + g * interval '1 minute', 2, 140, 70, 70, 70, "
-        "%s, 1 FROM generate_series(0, 999) AS g",
-        (old, old, patient),
-    )
-    before = conn.execute("SELECT * FROM rpm.rollup_1m ORDER BY bucket_start").fetchall()
+    schema, table = rollup_1m_target(conn)
+    if continuous_aggregates(conn):
+        # 1000 one-minute buckets of one reading each, rolled up from raw readings.
+        insert_readings(
+            conn, patient=patient, start=old, count=1000, step=timedelta(minutes=1), metric_ids=(1,)
+        )
+        materialize_rollups(conn, AS_OF)
+    else:
+        conn.execute(
+            "INSERT INTO rpm.rollup_1m (bucket_start, last_at, reading_count, value_sum, "
+            "value_min, value_max, last_value, patient_id, metric_id) "
+            "SELECT %s + g * interval '1 minute', %s + g * interval '1 minute', 2, 140, 70, 70, "
+            "70, %s, 1 FROM generate_series(0, 999) AS g",
+            (old, old, patient),
+        )
+    storage = rollup_1m_storage(conn)
+    stored = sql.SQL("SELECT * FROM {} ORDER BY bucket_start").format(storage)
+    before = conn.execute(stored).fetchall()
+    assert len(before) == 1000
     plan = build_plan(conn, as_of=AS_OF)
-    rollup = [s for s in plan.slices if s.target.name == "rpm.rollup_1m"]
+    rollup = [s for s in plan.slices if s.target.name == f"{schema}.{table}"]
     assert [(s.row_count, s.held_rows, s.blocked) for s in rollup] == [(1000, 0, None)]
     result = run_retention(conn, options(tmp_path))
-    assert result.outcome == "succeeded" and result.rows_dropped == 1000
-    assert conn.execute("SELECT count(*) FROM rpm.rollup_1m").fetchone() == (0,)
-    restore_range(conn, start=old, end=AS_OF, operator="dr-ops", target=("rpm", "rollup_1m"))
-    assert conn.execute("SELECT * FROM rpm.rollup_1m ORDER BY bucket_start").fetchall() == before
+    assert result.outcome == "succeeded"
+    dropped = [s for s in result.slices if s.work.target.name == f"{schema}.{table}"]
+    assert [(s.status, s.work.row_count) for s in dropped] == [("dropped", 1000)]
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(storage)).fetchone() == (0,)
+    restore_range(conn, start=old, end=AS_OF, operator="dr-ops", target=(schema, table))
+    assert conn.execute(stored).fetchall() == before
 
 
 @pytest.mark.usefixtures("data")

@@ -25,7 +25,7 @@ from tests.integration.retention_data import (
     chunk_ranges,
     count_between,
     insert_readings,
-    mark_rollups_complete,
+    materialize_rollups,
     new_patient,
 )
 from tests.integration.test_retention import amcheck_clean
@@ -103,7 +103,7 @@ def test_ingest_across_the_boundary_during_drops_loses_nothing(
 ) -> None:
     patient = new_patient(conn)
     insert_readings(conn, patient=patient, start=OLD, count=6000, step=timedelta(minutes=20))
-    mark_rollups_complete(conn, AS_OF)
+    materialize_rollups(conn, AS_OF)
     insert_readings(conn, patient=patient, start=HORIZON, count=1)  # the chunk that stays
     boundary = _kept_boundary(conn)
     due_rows = count_between(conn, OLD - timedelta(days=7), boundary)
@@ -155,7 +155,7 @@ def test_a_drop_that_cannot_get_its_lock_backs_off_and_leaves_the_data(
     """A long reader of a due chunk: the drop times out, retries, then gives up and says why."""
     patient = new_patient(conn)
     insert_readings(conn, patient=patient, start=OLD, count=500)
-    mark_rollups_complete(conn, AS_OF)
+    materialize_rollups(conn, AS_OF)
     before = conn.execute(STORED_ROWS).fetchall()
     with psycopg.connect(db_url) as reader:  # not autocommit: its snapshot holds the lock
         reader.execute("SELECT count(*) FROM rpm.readings WHERE measured_at < %s", (HORIZON,))
@@ -192,7 +192,7 @@ def test_a_deadlock_during_a_drop_is_retried(
     """
     patient, other = new_patient(conn), new_patient(conn)
     insert_readings(conn, patient=patient, start=OLD, count=300)
-    mark_rollups_complete(conn, AS_OF)
+    materialize_rollups(conn, AS_OF)
     before_due = count_between(conn, OLD - timedelta(days=7), HORIZON)
     results: list[object] = []
 
