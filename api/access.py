@@ -9,6 +9,11 @@ or neither does.
 A patient, alert or device the user may not see is indistinguishable from one that does not
 exist (404, never 403: no BOLA oracle). That refusal is audited too, in its own transaction
 after the request's transaction is rolled back, so nothing the request did half-way survives.
+
+Round trips: the connection runs in pipeline mode, so BEGIN and the acting user travel with the
+route's first statement, and the audit records (one INSERT for all of them) with COMMIT; a
+read of one patient costs two round trips to the server, whatever it reads. The COMMIT stays
+synchronous: the audit record is durable before the answer leaves.
 """
 
 from __future__ import annotations
@@ -77,19 +82,22 @@ async def _write_audit(
     conn: psycopg.AsyncConnection[Any],
     principal: Principal,
     route: str,
-    record: _AuditRecord,
+    records: list[_AuditRecord],
     outcome: str,
 ) -> None:
+    """One INSERT for all the request's records (queued: it is sent with the COMMIT)."""
+    if not records:
+        return
     await conn.execute(
         _Q["insert_audit"],
         {
             "subject": principal.subject,
             "role": principal.audit_role,
-            "patient_id": record.patient_id,
-            "action": record.action,
+            "patient_ids": [record.patient_id for record in records],
+            "actions": [record.action for record in records],
             "route": route,
             "outcome": outcome,
-            "details": Jsonb(record.details),
+            "details": [Jsonb(record.details) for record in records],
         },
     )
 
@@ -103,14 +111,13 @@ async def scoped_transaction(
     ``action`` names the request in the audit log when it is refused before any record was
     made (e.g. the patient is not visible).
     """
-    async with pool.connection() as conn:
+    async with pool.connection() as conn, conn.pipeline():
         try:
             async with conn.transaction():
                 await _set_acting_user(conn, principal)
                 scope = ScopedTransaction(conn, principal, route)
                 yield scope
-                for record in scope.records:
-                    await _write_audit(conn, principal, route, record, "success")
+                await _write_audit(conn, principal, route, scope.records, "success")
         except NotVisibleError as refusal:
             # The request's transaction is gone; record the refused attempt on its own.
             async with conn.transaction():
@@ -119,7 +126,7 @@ async def scoped_transaction(
                     conn,
                     principal,
                     route,
-                    _AuditRecord(action, refusal.patient_id, {}),
+                    [_AuditRecord(action, refusal.patient_id, {})],
                     "not_found",
                 )
             log.warning(

@@ -217,12 +217,13 @@ async def latest_vitals(
 ) -> LatestVitals:
     """The newest reading of each metric (newest by measurement time, not by arrival)."""
     async with scoped_transaction(pool, user, route=route, action="read_latest_vitals") as tx:
+        # One statement: the visibility check and the read (see patient_latest_vitals).
         async with tx.conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(_Q["patient"], {"patient_id": patient_id})
-            if await cur.fetchone() is None:
-                raise NotVisibleError("patient", patient_id=patient_id)
-            await cur.execute(_Q["latest_vitals"], {"patients": [patient_id]})
-            vitals = [_vital(r) for r in await cur.fetchall()]
+            await cur.execute(_Q["patient_latest_vitals"], {"patient_id": patient_id})
+            rows = await cur.fetchall()
+        if not rows:
+            raise NotVisibleError("patient", patient_id=patient_id)
+        vitals = [_vital(r) for r in rows if r["code"] is not None]
         tx.audit("read_latest_vitals", patient_id=patient_id)
     return LatestVitals(patient_id=patient_id, vitals=vitals)
 
@@ -268,26 +269,28 @@ async def timeline(
             f"more than {MAX_BUCKETS} {chosen} buckets: choose a coarser resolution",
         )
     async with scoped_transaction(pool, user, route=route, action="read_vitals") as tx:
-        async with tx.conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(_Q["patient"], {"patient_id": patient_id})
-            if await cur.fetchone() is None:
-                raise NotVisibleError("patient", patient_id=patient_id)
-            await cur.execute(_Q["metric_by_code"], {"metric": metric})
-            found = await cur.fetchone()
-            if found is None:
-                raise invalid_input(("query", "metric"), f"unknown metric {metric!r}")
-            await cur.execute(
-                _Q["vitals_timeline"],
-                {
-                    "patient_id": patient_id,
-                    "metric_id": found["metric_id"],
-                    "start": start,
-                    "end": end,
-                    "resolution": chosen,
-                    "limit": MAX_RAW_POINTS + 1,
-                },
-            )
+        # Both statements go out together (pipeline): the checks, and the timeline, which is
+        # empty for an invisible patient or an unknown metric; the checks decide the answer.
+        params = {
+            "patient_id": patient_id,
+            "metric": metric,
+            "start": start,
+            "end": end,
+            "resolution": chosen,
+            "limit": MAX_RAW_POINTS + 1,
+        }
+        async with (
+            tx.conn.cursor(row_factory=dict_row) as check,
+            tx.conn.cursor(row_factory=dict_row) as cur,
+        ):
+            await check.execute(_Q["patient_metric"], params)
+            await cur.execute(_Q["vitals_timeline_by_code"], params)
+            found = await check.fetchone()
             rows = await cur.fetchall()
+        if found is None or not found["visible"]:
+            raise NotVisibleError("patient", patient_id=patient_id)
+        if found["metric_id"] is None:
+            raise invalid_input(("query", "metric"), f"unknown metric {metric!r}")
         if len(rows) > MAX_RAW_POINTS:
             raise invalid_input(
                 ("query", "resolution"),
