@@ -6,9 +6,10 @@ import uuid
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
+from pydantic_core import to_json
 
 from api.access import NotVisibleError, scoped_transaction
 from api.deps import ApiPoolDep, CareUser, RouteDep
@@ -248,7 +249,7 @@ async def timeline(
         Query(description="auto: the coarsest rollup that still gives `points` buckets"),
     ] = "auto",
     points: Annotated[int, Query(ge=1, le=MAX_BUCKETS)] = 200,
-) -> Timeline:
+) -> Response:
     """min/max/avg/count/last per bucket, with explicit gap buckets (count 0) where the
     patient's devices sent nothing. Ranges are capped: at most 5000 buckets, and raw readings
     over at most 24 hours."""
@@ -297,12 +298,17 @@ async def timeline(
                 f"more than {MAX_RAW_POINTS} raw readings: use a rollup or a shorter range",
             )
         tx.audit("read_vitals", patient_id=patient_id, metric=found["code"], resolution=chosen)
-    return Timeline(
-        patient_id=patient_id,
-        metric=found["code"],
-        unit=found["canonical_unit"],
-        resolution=chosen,
-        start=start,
-        end=end,
-        points=[TimelinePoint(**row) for row in rows],
-    )
+    # Up to 5000 buckets: building a model per bucket and FastAPI's validating them again on
+    # the way out cost 3-4 times the query (about 15 ms for a day of minutes). The rows come
+    # from the database with exactly TimelinePoint's fields and types, so they are serialized
+    # as they are: the same JSON as Timeline's (a test compares), without the copies.
+    body = {
+        "patient_id": patient_id,
+        "metric": found["code"],
+        "unit": found["canonical_unit"],
+        "resolution": chosen,
+        "start": start,
+        "end": end,
+        "points": rows,
+    }
+    return Response(to_json(body), media_type="application/json")

@@ -4,6 +4,7 @@ records in the order made, nothing audited for a refused input."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -12,6 +13,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
+from api.routes.patients import Timeline
 from schema.registry import register_patient
 from tests.apphelpers import bearer, make_app
 from tests.integration.test_clinician_access import INSERT_RULE, INSERT_TEAM_PATIENT, NOW, Ward
@@ -115,3 +117,23 @@ def test_one_request_audits_every_patient_it_read_in_order(ward: Ward) -> None:
     everyone = ward.client.get("/v1/patients", params={"limit": 100}, headers=admin)
     assert len(everyone.json()["items"]) == 2 + len(extra)
     assert len(_audit(ward.owner, "audit-admin")) == 2 + len(extra)
+
+
+@pytest.mark.parametrize("resolution", ["raw", "1m"])
+def test_timeline_json_is_exactly_the_documented_models(ward: Ward, resolution: str) -> None:
+    response = ward.client.get(
+        f"/v1/patients/{ward.a.patient_id}/vitals",
+        params={"metric": "spo2", **DAY, "resolution": resolution},
+        headers=ward.a.headers(),
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    timeline = Timeline.model_validate_json(response.content)
+    assert response.content == timeline.model_dump_json().encode()
+    filled = [p for p in timeline.points if p.count]
+    assert [(p.count, p.last) for p in filled] == [(1, 88.0), (1, 97.0)]
+    if resolution == "1m":  # every minute of the two hours, gaps included
+        starts = [p.bucket_start for p in timeline.points]
+        assert starts[0] <= timeline.start < starts[0] + timedelta(minutes=1)
+        assert all(b - a == timedelta(minutes=1) for a, b in itertools.pairwise(starts))
+        assert starts[-1] < timeline.end <= starts[-1] + timedelta(minutes=1)
