@@ -12,8 +12,9 @@ after the request's transaction is rolled back, so nothing the request did half-
 
 Round trips: the connection runs in pipeline mode, so BEGIN and the acting user travel with the
 route's first statement, and the audit records (one INSERT for all of them) with COMMIT; a
-read of one patient costs two round trips to the server, whatever it reads. The COMMIT stays
-synchronous: the audit record is durable before the answer leaves.
+read of one patient costs two round trips to the server, whatever it reads. A read that is a
+single statement writing its own audit record (:func:`audited_read`) costs one. The COMMIT
+stays synchronous: the audit record is durable before the answer leaves.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
@@ -135,6 +137,47 @@ async def scoped_transaction(
                 extra={"subject": principal.subject, "route": route, "action": action},
             )
             raise
+
+
+async def audited_read(
+    pool: AsyncConnectionPool[Any],
+    principal: Principal,
+    *,
+    route: str,
+    action: str,
+    patient_id: uuid.UUID,
+    query: str,
+    params: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Run ``query``, one statement that reads ``patient_id``'s data and writes the read's audit
+    record itself (outcome success, or not_found and no rows when the patient is not visible),
+    scoped to ``principal``, in one round trip: BEGIN, the acting user, the statement and the
+    COMMIT go out together. Raises NotVisibleError (after the commit) when nothing came back.
+
+    The statement gets ``params`` and the audit fields: subject, role, route, action and
+    patient_id.
+    """
+    arguments = {
+        **(params or {}),
+        "subject": principal.subject,
+        "role": principal.audit_role,
+        "route": route,
+        "action": action,
+        "patient_id": patient_id,
+    }
+    async with pool.connection() as conn, conn.pipeline():
+        async with conn.transaction():
+            await _set_acting_user(conn, principal)
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(query, arguments)
+        rows: list[dict[str, Any]] = await cursor.fetchall()
+    if not rows:
+        log.warning(
+            "refused: patient not found",
+            extra={"subject": principal.subject, "route": route, "action": action},
+        )
+        raise NotVisibleError("patient", patient_id=patient_id)
+    return rows
 
 
 async def check_api_role(pool: AsyncConnectionPool[Any]) -> None:

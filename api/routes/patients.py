@@ -11,7 +11,7 @@ from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 from pydantic_core import to_json
 
-from api.access import NotVisibleError, scoped_transaction
+from api.access import NotVisibleError, audited_read, scoped_transaction
 from api.deps import ApiPoolDep, CareUser, RouteDep
 from api.pagination import (
     DEFAULT_PAGE_SIZE,
@@ -217,15 +217,16 @@ async def latest_vitals(
     patient_id: uuid.UUID, user: CareUser, pool: ApiPoolDep, route: RouteDep
 ) -> LatestVitals:
     """The newest reading of each metric (newest by measurement time, not by arrival)."""
-    async with scoped_transaction(pool, user, route=route, action="read_latest_vitals") as tx:
-        # One statement: the visibility check and the read (see patient_latest_vitals).
-        async with tx.conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(_Q["patient_latest_vitals"], {"patient_id": patient_id})
-            rows = await cur.fetchall()
-        if not rows:
-            raise NotVisibleError("patient", patient_id=patient_id)
-        vitals = [_vital(r) for r in rows if r["code"] is not None]
-        tx.audit("read_latest_vitals", patient_id=patient_id)
+    # One statement checks, reads and audits; one round trip with the COMMIT.
+    rows = await audited_read(
+        pool,
+        user,
+        route=route,
+        action="read_latest_vitals",
+        patient_id=patient_id,
+        query=_Q["audited_latest_vitals"],
+    )
+    vitals = [_vital(r) for r in rows if r["code"] is not None]
     return LatestVitals(patient_id=patient_id, vitals=vitals)
 
 

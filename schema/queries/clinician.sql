@@ -58,15 +58,25 @@ FROM rpm.latest_vitals(%(patients)s) v
 JOIN rpm.metrics m ON m.metric_id = v.metric_id
 ORDER BY v.patient_id, m.metric_id;
 
--- name: patient_latest_vitals
--- One patient's newest reading of each metric, in one statement: no row at all when the patient
--- is not visible (or deleted), a single row of NULLs when visible without readings.
+-- name: audited_latest_vitals
+-- One patient's newest reading of each metric and the read's audit record, in one statement
+-- (one snapshot): no row at all when the patient is not visible (or deleted), and the record
+-- says not_found; a single row of NULLs when visible without readings.
+WITH patient AS (
+    SELECT p.patient_id
+    FROM rpm.patients p
+    WHERE p.patient_id = %(patient_id)s AND p.deleted_at IS NULL
+), audit AS (
+    INSERT INTO rpm.audit_log (actor_subject, actor_role, patient_id, action, route, outcome,
+                               details)
+    SELECT %(subject)s, %(role)s, %(patient_id)s, %(action)s, %(route)s,
+           CASE WHEN EXISTS (SELECT FROM patient) THEN 'success' ELSE 'not_found' END, '{}'
+)
 SELECT v.patient_id, m.code, m.loinc_code, m.display_name, m.canonical_unit, v.measured_at,
        v.value, v.utc_offset_minutes, v.device_id, v.received_at
-FROM rpm.patients p
+FROM patient p
 LEFT JOIN LATERAL rpm.latest_vitals(ARRAY[p.patient_id]) v ON true
 LEFT JOIN rpm.metrics m ON m.metric_id = v.metric_id
-WHERE p.patient_id = %(patient_id)s AND p.deleted_at IS NULL
 ORDER BY m.metric_id;
 
 -- name: patient_metric
