@@ -8,7 +8,8 @@ or neither does.
 
 A patient, alert or device the user may not see is indistinguishable from one that does not
 exist (404, never 403: no BOLA oracle). That refusal is audited too, in its own transaction
-after the request's transaction is rolled back, so nothing the request did half-way survives.
+after the request's transaction is rolled back, so nothing the request did half-way survives
+(a single-statement read, :func:`audited_read`, records its refusal itself: it did nothing else).
 
 Round trips: the connection runs in pipeline mode, so BEGIN and the acting user travel with the
 route's first statement, and the audit records (one INSERT for all of them) with COMMIT; a
@@ -165,11 +166,15 @@ async def audited_read(
         "action": action,
         "patient_id": patient_id,
     }
-    async with pool.connection() as conn, conn.pipeline():
+    async with (
+        pool.connection() as conn,
+        conn.pipeline(),
+        conn.cursor(row_factory=dict_row) as cursor,
+    ):
         async with conn.transaction():
             await _set_acting_user(conn, principal)
-            cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(query, arguments)
+        # The results arrived with the COMMIT's answer.
         rows: list[dict[str, Any]] = await cursor.fetchall()
     if not rows:
         log.warning(
