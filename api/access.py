@@ -8,7 +8,14 @@ or neither does.
 
 A patient, alert or device the user may not see is indistinguishable from one that does not
 exist (404, never 403: no BOLA oracle). That refusal is audited too, in its own transaction
-after the request's transaction is rolled back, so nothing the request did half-way survives.
+after the request's transaction is rolled back, so nothing the request did half-way survives
+(a single-statement read, :func:`audited_read`, records its refusal itself: it did nothing else).
+
+Round trips: the connection runs in pipeline mode, so BEGIN and the acting user travel with the
+route's first statement, and the audit records (one INSERT for all of them) with COMMIT; a
+read of one patient costs two round trips to the server, whatever it reads. A read that is a
+single statement writing its own audit record (:func:`audited_read`) costs one. The COMMIT
+stays synchronous: the audit record is durable before the answer leaves.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
@@ -77,19 +85,22 @@ async def _write_audit(
     conn: psycopg.AsyncConnection[Any],
     principal: Principal,
     route: str,
-    record: _AuditRecord,
+    records: list[_AuditRecord],
     outcome: str,
 ) -> None:
+    """One INSERT for all the request's records (queued: it is sent with the COMMIT)."""
+    if not records:
+        return
     await conn.execute(
         _Q["insert_audit"],
         {
             "subject": principal.subject,
             "role": principal.audit_role,
-            "patient_id": record.patient_id,
-            "action": record.action,
+            "patient_ids": [record.patient_id for record in records],
+            "actions": [record.action for record in records],
             "route": route,
             "outcome": outcome,
-            "details": Jsonb(record.details),
+            "details": [Jsonb(record.details) for record in records],
         },
     )
 
@@ -103,14 +114,13 @@ async def scoped_transaction(
     ``action`` names the request in the audit log when it is refused before any record was
     made (e.g. the patient is not visible).
     """
-    async with pool.connection() as conn:
+    async with pool.connection() as conn, conn.pipeline():
         try:
             async with conn.transaction():
                 await _set_acting_user(conn, principal)
                 scope = ScopedTransaction(conn, principal, route)
                 yield scope
-                for record in scope.records:
-                    await _write_audit(conn, principal, route, record, "success")
+                await _write_audit(conn, principal, route, scope.records, "success")
         except NotVisibleError as refusal:
             # The request's transaction is gone; record the refused attempt on its own.
             async with conn.transaction():
@@ -119,7 +129,7 @@ async def scoped_transaction(
                     conn,
                     principal,
                     route,
-                    _AuditRecord(action, refusal.patient_id, {}),
+                    [_AuditRecord(action, refusal.patient_id, {})],
                     "not_found",
                 )
             log.warning(
@@ -128,6 +138,51 @@ async def scoped_transaction(
                 extra={"subject": principal.subject, "route": route, "action": action},
             )
             raise
+
+
+async def audited_read(
+    pool: AsyncConnectionPool[Any],
+    principal: Principal,
+    *,
+    route: str,
+    action: str,
+    patient_id: uuid.UUID,
+    query: str,
+    params: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Run ``query``, one statement that reads ``patient_id``'s data and writes the read's audit
+    record itself (outcome success, or not_found and no rows when the patient is not visible),
+    scoped to ``principal``, in one round trip: BEGIN, the acting user, the statement and the
+    COMMIT go out together. Raises NotVisibleError (after the commit) when nothing came back.
+
+    The statement gets ``params`` and the audit fields: subject, role, route, action and
+    patient_id.
+    """
+    arguments = {
+        **(params or {}),
+        "subject": principal.subject,
+        "role": principal.audit_role,
+        "route": route,
+        "action": action,
+        "patient_id": patient_id,
+    }
+    async with (
+        pool.connection() as conn,
+        conn.pipeline(),
+        conn.cursor(row_factory=dict_row) as cursor,
+    ):
+        async with conn.transaction():
+            await _set_acting_user(conn, principal)
+            await cursor.execute(query, arguments)
+        # The results arrived with the COMMIT's answer.
+        rows: list[dict[str, Any]] = await cursor.fetchall()
+    if not rows:
+        log.warning(
+            "refused: patient not found",
+            extra={"subject": principal.subject, "route": route, "action": action},
+        )
+        raise NotVisibleError("patient", patient_id=patient_id)
+    return rows
 
 
 async def check_api_role(pool: AsyncConnectionPool[Any]) -> None:

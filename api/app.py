@@ -4,13 +4,21 @@ Two connections to the database, on purpose:
 - device ingest (``POST /v1/readings``) writes with ``database_url``, the trusted ingest path;
 - every clinician, ops and admin route runs on ``api_database_url``, the rpmstore_api role,
   which owns nothing and cannot bypass row-level security (checked at start-up).
+
+One process can serve everything (role ``all``), or a deployment runs the two halves as
+separate services so that a flood of device payloads (CPU-heavy JSON decoding in the event
+loop) cannot queue clinicians' requests behind it:
+- ``ingest``: ``POST /v1/readings`` plus health and metrics; no rpmstore_api connection;
+- ``api``: the clinician, admin, audit and FHIR routes plus health and metrics. It still opens
+  an ingest runtime, only for the FHIR import (an admin's bundle is stored through ingest).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Literal, get_args
 
 import psycopg
 from fastapi import FastAPI, Request, Response, status
@@ -25,41 +33,62 @@ from ingest import IngestLimits, open_ingest_runtime
 
 log = logging.getLogger(__name__)
 
+ServeRole = Literal["all", "ingest", "api"]
+SERVE_ROLES: tuple[ServeRole, ...] = get_args(ServeRole)
+# The clinician side: everything that runs as rpmstore_api under row-level security.
+_API_ROUTERS = (patients.router, alerts.router, admin.router, audit.router, fhir.router)
+
 
 def create_app(
     *,
     database_url: str,
-    api_database_url: str,
+    api_database_url: str | None,
     auth: AuthConfig,
+    role: ServeRole = "all",
     pool_max_size: int = 10,
     ingest_limits: IngestLimits | None = None,
 ) -> FastAPI:
-    """Build the API for one database; nothing connects until the app starts."""
+    """Build the API for one database; nothing connects until the app starts.
+
+    ``role`` chooses the routes served (see the module docstring); ``api_database_url`` may be
+    None only for the ``ingest`` role, which never acts for a clinician.
+    """
+    if role not in SERVE_ROLES:
+        raise ValueError(f"unknown role {role!r}: one of {', '.join(SERVE_ROLES)}")
+    serves_api = role != "ingest"
+    if serves_api and api_database_url is None:
+        raise ValueError(f"role {role!r} needs api_database_url (the rpmstore_api role)")
     pool = AsyncConnectionPool(
         database_url, open=False, min_size=1, max_size=pool_max_size, name="api"
     )
-    api_pool = AsyncConnectionPool(
-        api_database_url, open=False, min_size=1, max_size=pool_max_size, name="api-scoped"
+    api_pool = (
+        AsyncConnectionPool(
+            api_database_url, open=False, min_size=1, max_size=pool_max_size, name="api-scoped"
+        )
+        if serves_api and api_database_url is not None
+        else None
     )
     registry = CollectorRegistry()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await pool.open(wait=True, timeout=30)
-        await api_pool.open(wait=True, timeout=30)
-        app.state.pool = pool
-        app.state.api_pool = api_pool
-        app.state.auth = auth
-        try:
-            await check_api_role(api_pool)
-            async with open_ingest_runtime(
-                database_url, source="http", registry=registry, limits=ingest_limits
-            ) as ingest:
-                app.state.ingest = ingest
-                yield
-        finally:
-            await api_pool.close()
-            await pool.close()
+        async with AsyncExitStack() as stack:
+            await pool.open(wait=True, timeout=30)
+            stack.push_async_callback(pool.close)
+            app.state.pool = pool
+            app.state.auth = auth
+            if api_pool is not None:
+                await api_pool.open(wait=True, timeout=30)
+                stack.push_async_callback(api_pool.close)
+                app.state.api_pool = api_pool
+                await check_api_role(api_pool)
+            app.state.ingest = await stack.enter_async_context(
+                open_ingest_runtime(
+                    database_url, source="http", registry=registry, limits=ingest_limits
+                )
+            )
+            log.info("serving", extra={"role": role})
+            yield
 
     app = FastAPI(
         title="rpmstore",
@@ -67,16 +96,12 @@ def create_app(
         version="0.2.0",
         lifespan=lifespan,
     )
-    for router in (
-        health.router,
-        readings.router,
-        patients.router,
-        alerts.router,
-        admin.router,
-        audit.router,
-        fhir.router,
-    ):
-        app.include_router(router)
+    app.include_router(health.router)
+    if role != "api":
+        app.include_router(readings.router)
+    if serves_api:
+        for router in _API_ROUTERS:
+            app.include_router(router)
 
     @app.exception_handler(NotVisibleError)
     async def not_visible(_request: Request, exc: NotVisibleError) -> JSONResponse:

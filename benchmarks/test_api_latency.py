@@ -9,18 +9,23 @@ million), everything measured minutes apart on the same machine:
    schema's indexes stay in place), under one registered import batch; then the rollups are
    refreshed with ``schema.rollups.refresh_rollups`` over the whole span (as if the refresher
    had run all along) and the tables vacuumed and analyzed. Each step is timed.
-2. Latency through the real API process (``rpmstore serve``, both pools, its own role): latest
-   vitals (``GET /v1/patients/{id}/vitals/latest``) and a 24-hour timeline (``GET
-   /v1/patients/{id}/vitals?resolution=auto``, which picks 1-minute buckets), alternated, one
-   request at a time, each patient read by a clinician of their care team. p50/p99 idle, then
-   again while another process POSTs device payloads to ``/v1/readings`` at full speed. Ratio:
-   under load / idle (target <= 2), with the ingest rows/s achieved meanwhile.
+2. Latency through the real servers, deployed as in docker-compose.yml: two processes, the
+   clinician API (``rpmstore serve --role api``: clinician routes only, on the rpmstore_api
+   role) and device ingest over HTTP (``rpmstore serve --role ingest``: ``POST /v1/readings``
+   only), both on the same database. Latest vitals (``GET /v1/patients/{id}/vitals/latest``)
+   and a 24-hour timeline (``GET /v1/patients/{id}/vitals?resolution=auto``, which picks
+   1-minute buckets), alternated, one request at a time against the API server, each patient
+   read by a clinician of their care team. p50/p99 idle, then again while another process
+   POSTs device payloads to the ingest server at full speed. Ratio: under load / idle (target
+   <= 2), with the ingest rows/s achieved meanwhile. (``RPMSTORE_BENCH_API_ROLES=all`` runs
+   both on one ``rpmstore serve`` instead, as before the split, for comparison.)
 3. Rollups / raw: a 30-day hourly timeline of one patient's metric from the rollups
    (``rpm.vitals_timeline``) and the same aggregation computed from ``rpm.readings``; the
    answers are checked equal. Ratio: raw time / rollup time (target >= 50).
 4. Alert visibility: a reading that breaches a default rule (systolic 200 mm[Hg]) is POSTed
-   for a patient without alerts; the delay runs from its HTTP 200 (sent after COMMIT) until
-   ``GET /v1/alerts`` shows the alert to the patient's clinician. Idle and under the load.
+   to the ingest server for a patient without alerts; the delay runs from its HTTP 200 (sent
+   after COMMIT) until ``GET /v1/alerts`` on the API server shows the alert to the patient's
+   clinician. Idle and under the load.
 
 The load generator's CPU is reported; a run where it (or the probing process) saturates a core
 is rejected, because then the client, not the server, would set the figures. Results go to
@@ -74,6 +79,12 @@ ALERT_GIVE_UP_S = 20.0
 ALERT_MAX_MISSES = 3
 RAW_TRIALS = int(os.environ.get("RPMSTORE_BENCH_API_RAW_TRIALS", "30"))
 API_WORKERS = int(os.environ.get("RPMSTORE_BENCH_API_WORKERS", "1"))
+# "split": an api-role and an ingest-role server (the deployment); "all": one server for both.
+ROLES = os.environ.get("RPMSTORE_BENCH_API_ROLES", "split")
+# CPU priority of the ingest server (nice), as docker-compose.yml weights it (cpu_shares 256
+# against the default 1024, about nice 6): on a shared machine, bulk device ingest (buffered,
+# answers 503 and Retry-After when it falls behind) yields the CPU to clinicians' requests.
+INGEST_NICE = int(os.environ.get("RPMSTORE_BENCH_API_INGEST_NICE", "6"))
 LOAD_DEVICES = int(os.environ.get("RPMSTORE_BENCH_API_LOAD_DEVICES", "1000"))
 LOAD_CONCURRENCY = int(os.environ.get("RPMSTORE_BENCH_API_LOAD_CONCURRENCY", "8"))
 LOAD_PAYLOAD = int(os.environ.get("RPMSTORE_BENCH_API_LOAD_PAYLOAD", "500"))
@@ -231,15 +242,18 @@ class Api:
         self.process.wait(timeout=60)
 
 
-def start_api(owner_url: str, api_url: str, log: Path) -> Api:
+def start_api(owner_url: str, api_url: str, log: Path, *, role: str, nice: int = 0) -> Api:
     port = free_port()
     with log.open("wb") as out:
         process = subprocess.Popen(
             [
+                *(["nice", "-n", str(nice)] if nice else []),
                 sys.executable,
                 "-m",
                 "rpmstore.cli",
                 "serve",
+                "--role",
+                role,
                 "--port",
                 str(port),
                 "--workers",
@@ -266,6 +280,25 @@ def start_api(owner_url: str, api_url: str, log: Path) -> Api:
             pass
         assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
         time.sleep(0.2)
+
+
+def start_servers(owner_url: str, api_url: str, work: Path) -> dict[str, Api]:
+    """The clinician API and device ingest servers (the same process when ROLES is "all")."""
+    if ROLES == "all":
+        both = start_api(owner_url, api_url, work / "api.log", role="all")
+        return {"api": both, "ingest": both}
+    assert ROLES == "split", f"RPMSTORE_BENCH_API_ROLES={ROLES!r}: split or all"
+    api = start_api(owner_url, api_url, work / "api.log", role="api")
+    try:
+        ingest = start_api(owner_url, api_url, work / "ingest.log", role="ingest", nice=INGEST_NICE)
+    except BaseException:
+        api.stop()
+        raise
+    return {"api": api, "ingest": ingest}
+
+
+def distinct(servers: dict[str, Api]) -> list[Api]:
+    return list({id(server): server for server in servers.values()}.values())
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -347,8 +380,11 @@ class Visibility:
         return {**figures, "not_visible_within_s": ALERT_GIVE_UP_S, "not_visible": self.not_visible}
 
 
-def alert_visibility(client: httpx2.Client, patients: Iterator[Patient], trials: int) -> Visibility:
-    """Seconds from a breaching reading's 200 until its alert is listed for the clinician."""
+def alert_visibility(
+    client: httpx2.Client, devices: httpx2.Client, patients: Iterator[Patient], trials: int
+) -> Visibility:
+    """Seconds from a breaching reading's 200 (from the ingest server, ``devices``) until its
+    alert is listed for the clinician (by the API server, ``client``)."""
     seen = Visibility([], 0)
     for _ in range(trials):
         if seen.not_visible >= ALERT_MAX_MISSES:
@@ -365,7 +401,7 @@ def alert_visibility(client: httpx2.Client, patients: Iterator[Patient], trials:
                 }
             ],
         }
-        response = client.post(
+        response = devices.post(
             "/v1/readings",
             json=body,
             headers={"Authorization": f"Bearer {patient.device_token}"},
@@ -515,10 +551,14 @@ def test_api_latency_and_rollups(
     rollups = rollup_versus_raw(url, patients, layout.end)
     log.info("rollups versus raw", extra=rollups)
 
-    api = start_api(url, api_url, tmp_path / "api.log")
+    servers = start_servers(url, api_url, tmp_path)
+    api, ingest = servers["api"], servers["ingest"]
     alert_patients = iter(patients[1::7])
     try:
-        with httpx2.Client(base_url=api.base, timeout=60) as client:
+        with (
+            httpx2.Client(base_url=api.base, timeout=60) as client,
+            httpx2.Client(base_url=ingest.base, timeout=60) as devices,
+        ):
             prober = Prober(client, patients, layout.end)
             prober.measure(max(20, REQUESTS // 10))  # warm-up: connections, caches, plans
 
@@ -527,12 +567,12 @@ def test_api_latency_and_rollups(
             idle = prober.measure(REQUESTS)
             idle_window = time.perf_counter() - started
             idle_prober_cpu = (self_cpu_s() - cpu) / idle_window
-            idle_alerts = alert_visibility(client, alert_patients, ALERT_TRIALS)
+            idle_alerts = alert_visibility(client, devices, alert_patients, ALERT_TRIALS)
 
             # From the rollups' invalidation threshold on: the load is new data, not late data.
             assert report.threshold is not None
             load_from = max(report.threshold, datetime.now(UTC) - timedelta(minutes=10))
-            load = start_load(api.base, load_devices, load_from, tmp_path)
+            load = start_load(ingest.base, load_devices, load_from, tmp_path)
             try:
                 time.sleep(5)  # until the senders and the group committer run steadily
                 assert load.process.poll() is None, load.out.with_suffix(".log").read_text()
@@ -542,12 +582,14 @@ def test_api_latency_and_rollups(
                 window_end, busy_window = time.time(), time.perf_counter() - started
                 busy_load_cpu = (process_cpu_s(load.process.pid) - load_cpu) / busy_window
                 busy_prober_cpu = (self_cpu_s() - cpu) / busy_window
-                busy_alerts = alert_visibility(client, alert_patients, ALERT_TRIALS)
+                busy_alerts = alert_visibility(client, devices, alert_patients, ALERT_TRIALS)
             finally:
                 outcome = load.results()
     finally:
-        api.stop()
-    assert "Traceback" not in api.log.read_text(), api.log.read_text()[-4000:]
+        for server in distinct(servers):
+            server.stop()
+    for server in distinct(servers):
+        assert "Traceback" not in server.log.read_text(), server.log.read_text()[-4000:]
 
     stored_in_window = sum(n for t, n in outcome["stored"] if window_start <= t <= window_end)
     with psycopg.connect(url) as conn:
@@ -577,6 +619,11 @@ def test_api_latency_and_rollups(
             "rollup_rows_written": dict(report.rows_written),
         },
         "api_workers": API_WORKERS,
+        "servers": (
+            f"api and ingest roles (ingest at nice {INGEST_NICE})"
+            if ROLES == "split"
+            else "one server (role all)"
+        ),
         "latency": latency,
         "ingest_during_measurement": {
             "rows_per_s": round(ingest_rows_per_s),
@@ -600,8 +647,10 @@ def test_api_latency_and_rollups(
     }
     REPORT.parent.mkdir(exist_ok=True)
     REPORT.write_text(json.dumps(result, indent=2) + "\n")
-    # The server's warnings (e.g. alert evaluations parked at shutdown) explain the figures.
-    REPORT.with_suffix(".api.log").write_bytes(api.log.read_bytes())
+    # The servers' warnings (e.g. alert evaluations parked at shutdown) explain the figures.
+    REPORT.with_suffix(".api.log").write_bytes(
+        b"".join(server.log.read_bytes() for server in distinct(servers))
+    )
     print_table(result)
     # Figures set by a saturated client say nothing about the server: reject the run.
     assert busy_load_cpu < CPU_LIMIT, f"the load generator saturated a core ({busy_load_cpu:.2f})"
@@ -637,6 +686,7 @@ def print_table(result: dict[str, Any]) -> None:
     rollups = result["rollup_vs_raw_30d_hourly"]
     out += [
         "",
+        f"servers: {result['servers']}; "
         f"ingest during measurement: {result['ingest_during_measurement']['rows_per_s']:,} rows/s; "
         f"load generator CPU {result['client_cpu_share_of_a_core']['load_generator']} core",
         f"30-day hourly timeline: rollups p50 {rollups['rollup']['p50_ms']} ms, raw p50 "

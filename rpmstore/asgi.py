@@ -1,7 +1,8 @@
 """ASGI factory for ``rpmstore serve --workers N``: each worker process builds its own app.
 
 uvicorn starts workers by import string, so the settings are read here, in each worker, the
-same way ``main()`` reads them for a single-process server.
+same way ``main()`` reads them for a single-process server (the role too:
+``RPMSTORE_SERVE_ROLE``, which ``rpmstore serve --role`` sets for its workers).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import TypedDict
 
 from fastapi import FastAPI
 
-from api.app import create_app
+from api.app import ServeRole, create_app
 from api.auth import AuthConfig
 from rpmstore.localstack import stack
 from rpmstore.localstack.errors import StackNotRunningError
@@ -20,14 +21,20 @@ from rpmstore.settings import DEV_JWT_SECRET, Settings
 
 class AppSettings(TypedDict):
     database_url: str
-    api_database_url: str
+    api_database_url: str | None
     auth: AuthConfig
+    role: ServeRole
 
 
-def app_settings(settings: Settings) -> AppSettings:
-    """What ``create_app`` needs, from the settings and the local stack; refuses unsafe auth."""
+def app_settings(settings: Settings, role: ServeRole | None = None) -> AppSettings:
+    """What ``create_app`` needs, from the settings and the local stack; refuses unsafe auth.
+
+    ``role`` defaults to the ``serve_role`` setting; only the ``ingest`` role does without
+    the rpmstore_api URL.
+    """
+    role = role or settings.serve_role
     urls = stack.urls(settings)
-    if urls.api_database_url is None:
+    if urls.api_database_url is None and role != "ingest":
         raise StackNotRunningError(
             "no API_DATABASE_URL: set it to the rpmstore_api role's URL, or run 'rpmstore db up'"
         )
@@ -35,6 +42,7 @@ def app_settings(settings: Settings) -> AppSettings:
         database_url=urls.database_url,
         api_database_url=urls.api_database_url,
         auth=auth_config(settings),
+        role=role,
     )
 
 

@@ -119,15 +119,20 @@ def _migrate_down(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import os
+
     import uvicorn  # imported here: only this command needs the server
 
     from api.app import create_app
     from rpmstore.asgi import app_settings
 
+    role = args.role or settings.serve_role
     if args.workers > 1:
         # Separate processes (one group committer each) use more than one core for decoding
         # and validation; they find the database the same way this process does.
-        app_settings(settings)  # fail here, once, if there is no database or no safe auth
+        app_settings(settings, role)  # fail here, once, if there is no database or no safe auth
+        # The workers read their settings from the environment they inherit.
+        os.environ["RPMSTORE_SERVE_ROLE"] = role
         uvicorn.run(
             "rpmstore.asgi:app",
             factory=True,
@@ -138,7 +143,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             access_log=False,
         )
         return 0
-    app = create_app(**app_settings(settings))
+    app = create_app(**app_settings(settings, role))
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
     return 0
 
@@ -373,6 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    serve.add_argument(
+        "--role",
+        choices=("all", "ingest", "api"),
+        default=None,
+        help="routes to serve: all (default; RPMSTORE_SERVE_ROLE), ingest (device POST "
+        "/v1/readings only) or api (clinician, admin, audit and FHIR routes only)",
+    )
     serve.set_defaults(handler=_serve)
 
     broker = commands.add_parser("broker", help="device accounts on the MQTT broker")

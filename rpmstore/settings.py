@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     instance: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]*$")
     pg_port: int = Field(default=55432, ge=1, le=65535)
     mqtt_port: int = Field(default=51883, ge=1, le=65535)
+    # Which routes `rpmstore serve` mounts: all, device ingest only, or the clinician API only
+    # (run ingest and api as separate services so a device flood cannot starve clinicians).
+    serve_role: Literal["all", "ingest", "api"] = "all"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     migrate_lock_timeout_s: float = Field(default=30.0, ge=0)

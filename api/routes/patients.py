@@ -6,11 +6,12 @@ import uuid
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
+from pydantic_core import to_json
 
-from api.access import NotVisibleError, scoped_transaction
+from api.access import NotVisibleError, audited_read, scoped_transaction
 from api.deps import ApiPoolDep, CareUser, RouteDep
 from api.pagination import (
     DEFAULT_PAGE_SIZE,
@@ -216,14 +217,16 @@ async def latest_vitals(
     patient_id: uuid.UUID, user: CareUser, pool: ApiPoolDep, route: RouteDep
 ) -> LatestVitals:
     """The newest reading of each metric (newest by measurement time, not by arrival)."""
-    async with scoped_transaction(pool, user, route=route, action="read_latest_vitals") as tx:
-        async with tx.conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(_Q["patient"], {"patient_id": patient_id})
-            if await cur.fetchone() is None:
-                raise NotVisibleError("patient", patient_id=patient_id)
-            await cur.execute(_Q["latest_vitals"], {"patients": [patient_id]})
-            vitals = [_vital(r) for r in await cur.fetchall()]
-        tx.audit("read_latest_vitals", patient_id=patient_id)
+    # One statement checks, reads and audits; one round trip with the COMMIT.
+    rows = await audited_read(
+        pool,
+        user,
+        route=route,
+        action="read_latest_vitals",
+        patient_id=patient_id,
+        query=_Q["audited_latest_vitals"],
+    )
+    vitals = [_vital(r) for r in rows if r["code"] is not None]
     return LatestVitals(patient_id=patient_id, vitals=vitals)
 
 
@@ -247,7 +250,7 @@ async def timeline(
         Query(description="auto: the coarsest rollup that still gives `points` buckets"),
     ] = "auto",
     points: Annotated[int, Query(ge=1, le=MAX_BUCKETS)] = 200,
-) -> Timeline:
+) -> Response:
     """min/max/avg/count/last per bucket, with explicit gap buckets (count 0) where the
     patient's devices sent nothing. Ranges are capped: at most 5000 buckets, and raw readings
     over at most 24 hours."""
@@ -268,38 +271,45 @@ async def timeline(
             f"more than {MAX_BUCKETS} {chosen} buckets: choose a coarser resolution",
         )
     async with scoped_transaction(pool, user, route=route, action="read_vitals") as tx:
-        async with tx.conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(_Q["patient"], {"patient_id": patient_id})
-            if await cur.fetchone() is None:
-                raise NotVisibleError("patient", patient_id=patient_id)
-            await cur.execute(_Q["metric_by_code"], {"metric": metric})
-            found = await cur.fetchone()
-            if found is None:
-                raise invalid_input(("query", "metric"), f"unknown metric {metric!r}")
-            await cur.execute(
-                _Q["vitals_timeline"],
-                {
-                    "patient_id": patient_id,
-                    "metric_id": found["metric_id"],
-                    "start": start,
-                    "end": end,
-                    "resolution": chosen,
-                    "limit": MAX_RAW_POINTS + 1,
-                },
-            )
+        # Both statements go out together (pipeline): the checks, and the timeline, which is
+        # empty for an invisible patient or an unknown metric; the checks decide the answer.
+        params = {
+            "patient_id": patient_id,
+            "metric": metric,
+            "start": start,
+            "end": end,
+            "resolution": chosen,
+            "limit": MAX_RAW_POINTS + 1,
+        }
+        async with (
+            tx.conn.cursor(row_factory=dict_row) as check,
+            tx.conn.cursor(row_factory=dict_row) as cur,
+        ):
+            await check.execute(_Q["patient_metric"], params)
+            await cur.execute(_Q["vitals_timeline_by_code"], params)
+            found = await check.fetchone()
             rows = await cur.fetchall()
+        if found is None or not found["visible"]:
+            raise NotVisibleError("patient", patient_id=patient_id)
+        if found["metric_id"] is None:
+            raise invalid_input(("query", "metric"), f"unknown metric {metric!r}")
         if len(rows) > MAX_RAW_POINTS:
             raise invalid_input(
                 ("query", "resolution"),
                 f"more than {MAX_RAW_POINTS} raw readings: use a rollup or a shorter range",
             )
         tx.audit("read_vitals", patient_id=patient_id, metric=found["code"], resolution=chosen)
-    return Timeline(
-        patient_id=patient_id,
-        metric=found["code"],
-        unit=found["canonical_unit"],
-        resolution=chosen,
-        start=start,
-        end=end,
-        points=[TimelinePoint(**row) for row in rows],
-    )
+    # Up to 5000 buckets: building a model per bucket and FastAPI's validating them again on
+    # the way out cost 3-4 times the query (about 15 ms for a day of minutes). The rows come
+    # from the database with exactly TimelinePoint's fields and types, so they are serialized
+    # as they are: the same JSON as Timeline's (a test compares), without the copies.
+    body = {
+        "patient_id": patient_id,
+        "metric": found["code"],
+        "unit": found["canonical_unit"],
+        "resolution": chosen,
+        "start": start,
+        "end": end,
+        "points": rows,
+    }
+    return Response(to_json(body), media_type="application/json")

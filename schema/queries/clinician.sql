@@ -9,9 +9,12 @@ SELECT set_config('rpm.acting_subject', %(subject)s, true),
        set_config('rpm.acting_care_teams', %(care_teams)s, true);
 
 -- name: insert_audit
+-- All of one request's audit records in one statement, in the order they were made.
 INSERT INTO rpm.audit_log (actor_subject, actor_role, patient_id, action, route, outcome, details)
-VALUES (%(subject)s, %(role)s, %(patient_id)s, %(action)s, %(route)s, %(outcome)s,
-        %(details)s);
+SELECT %(subject)s, %(role)s, r.patient_id, r.action, %(route)s, %(outcome)s, r.details
+FROM unnest(%(patient_ids)s::uuid[], %(actions)s::text[], %(details)s::jsonb[])
+    WITH ORDINALITY AS r (patient_id, action, details, n)
+ORDER BY r.n;
 
 -- name: role_safety
 -- What the API's own role may do that it must not: the API refuses to start if any is true.
@@ -55,6 +58,40 @@ FROM rpm.latest_vitals(%(patients)s) v
 JOIN rpm.metrics m ON m.metric_id = v.metric_id
 ORDER BY v.patient_id, m.metric_id;
 
+-- name: audited_latest_vitals
+-- One patient's newest reading of each metric and the read's audit record, in one statement
+-- (one snapshot): no row at all when the patient is not visible (or deleted), and the record
+-- says not_found; a single row of NULLs when visible without readings.
+WITH patient AS (
+    SELECT p.patient_id
+    FROM rpm.patients p
+    WHERE p.patient_id = %(patient_id)s AND p.deleted_at IS NULL
+), audit AS (
+    INSERT INTO rpm.audit_log (actor_subject, actor_role, patient_id, action, route, outcome,
+                               details)
+    SELECT %(subject)s, %(role)s, %(patient_id)s, %(action)s, %(route)s,
+           CASE WHEN EXISTS (SELECT FROM patient) THEN 'success' ELSE 'not_found' END, '{}'
+)
+SELECT v.patient_id, m.code, m.loinc_code, m.display_name, m.canonical_unit, v.measured_at,
+       v.value, v.utc_offset_minutes, v.device_id, v.received_at
+FROM patient p
+LEFT JOIN LATERAL rpm.latest_vitals(ARRAY[p.patient_id]) v ON true
+LEFT JOIN rpm.metrics m ON m.metric_id = v.metric_id
+ORDER BY m.metric_id;
+
+-- name: patient_metric
+-- Whether the patient is visible (and not deleted), and the metric named by code or LOINC code
+-- (NULLs when there is none): one row, for the timeline's checks.
+SELECT EXISTS (SELECT FROM rpm.patients p
+               WHERE p.patient_id = %(patient_id)s AND p.deleted_at IS NULL) AS visible,
+       m.metric_id, m.code, m.canonical_unit
+FROM (SELECT) AS one
+LEFT JOIN LATERAL (SELECT metric_id, code, canonical_unit
+                   FROM rpm.metrics
+                   WHERE code = %(metric)s OR loinc_code = %(metric)s
+                   ORDER BY metric_id
+                   LIMIT 1) AS m ON true;
+
 -- name: patient
 SELECT p.patient_id, p.created_at, i.given_name, i.family_name, i.birth_date, i.sex
 FROM rpm.patients p
@@ -84,10 +121,16 @@ SELECT metric_id, code, loinc_code, display_name, canonical_unit
 FROM rpm.metrics
 WHERE code = %(metric)s OR loinc_code = %(metric)s;
 
--- name: vitals_timeline
-SELECT bucket_start, count, min, max, avg, last, last_at
-FROM rpm.patient_vitals_timeline(%(patient_id)s, %(metric_id)s, %(start)s, %(end)s,
-                                 %(resolution)s)
+-- name: vitals_timeline_by_code
+-- One patient's timeline of the metric named by code or LOINC code (as patient_metric finds it),
+-- so both statements can be sent at once; no rows for an unknown metric or an invisible patient.
+SELECT t.bucket_start, t.count, t.min, t.max, t.avg, t.last, t.last_at
+FROM (SELECT metric_id FROM rpm.metrics
+      WHERE code = %(metric)s OR loinc_code = %(metric)s
+      ORDER BY metric_id
+      LIMIT 1) AS m
+CROSS JOIN LATERAL rpm.patient_vitals_timeline(%(patient_id)s, m.metric_id, %(start)s, %(end)s,
+                                               %(resolution)s) AS t
 LIMIT %(limit)s;
 
 -- name: alert_inbox
