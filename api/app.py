@@ -29,7 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 from api.access import NotVisibleError, check_api_role
 from api.auth import AuthConfig
 from api.routes import admin, alerts, audit, fhir, health, patients, readings
-from ingest import IngestLimits, open_ingest_runtime
+from ingest import AlertingOptions, IngestLimits, open_ingest_runtime
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ def create_app(
     role: ServeRole = "all",
     pool_max_size: int = 10,
     ingest_limits: IngestLimits | None = None,
+    alerting: AlertingOptions | None = None,
 ) -> FastAPI:
     """Build the API for one database; nothing connects until the app starts.
 
@@ -84,7 +85,11 @@ def create_app(
                 await check_api_role(api_pool)
             app.state.ingest = await stack.enter_async_context(
                 open_ingest_runtime(
-                    database_url, source="http", registry=registry, limits=ingest_limits
+                    database_url,
+                    source="http",
+                    registry=registry,
+                    limits=ingest_limits,
+                    alerting=alerting,
                 )
             )
             log.info("serving", extra={"role": role})

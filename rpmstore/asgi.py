@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from api.app import ServeRole, create_app
 from api.auth import AuthConfig
+from ingest import AlertingOptions
 from rpmstore.localstack import stack
 from rpmstore.localstack.errors import StackNotRunningError
 from rpmstore.logs import configure_logging
@@ -24,6 +25,7 @@ class AppSettings(TypedDict):
     api_database_url: str | None
     auth: AuthConfig
     role: ServeRole
+    alerting: AlertingOptions
 
 
 def app_settings(settings: Settings, role: ServeRole | None = None) -> AppSettings:
@@ -43,6 +45,8 @@ def app_settings(settings: Settings, role: ServeRole | None = None) -> AppSettin
         api_database_url=urls.api_database_url,
         auth=auth_config(settings),
         role=role,
+        # No sweep here: the MQTT ingestor or `rpmstore alerts run` sweeps.
+        alerting=AlertingOptions(enabled=settings.alerts_inline),
     )
 
 

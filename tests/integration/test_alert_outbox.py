@@ -4,6 +4,7 @@ and whichever worker claims it evaluates and deletes it in one transaction."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -11,19 +12,24 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 
+from ingest import AlertingOptions
 from ingest.alerting import AlertWorker
 from ingest.alerting.evaluator import AlertEvaluator
 from ingest.alerting.outbox import drain_outbox
 from ingest.committer import GroupCommitter, IngestRequest, QuarantineEntry
 from ingest.store import ValidatedReading
 from rpmstore.cli import main
+from schema.registry import assign_device, register_device, register_patient
+from tests.apphelpers import make_app
 from tests.integration.test_alerting import SPO2, SPO2_BELOW_85, alerts, new_patient, readings
 
 
@@ -214,3 +220,29 @@ def test_alerts_run_evaluates_the_outbox_of_ingestors_that_do_not(
     finally:
         service.send_signal(signal.SIGTERM)
         assert service.wait(timeout=30) == 0, log.read_text()
+
+
+def test_an_api_without_inline_alerting_only_writes_the_outbox(
+    conn: psycopg.Connection, db_url: str, api_db_url: str
+) -> None:
+    patient = register_patient(conn)
+    device = register_device(
+        conn, kind="pulse_oximeter", manufacturer="Acme", model="OX-1", serial_number="OUTBOX-1"
+    )
+    now = datetime.now(UTC).replace(microsecond=0)
+    assign_device(
+        conn, device_id=device.device_id, patient_id=patient, valid_from=now - timedelta(days=1)
+    )
+    body = {"readings": [{"metric": "spo2", "value": 80.0, "unit": "%", "time": now.isoformat()}]}
+    app = make_app(db_url, api_db_url, alerting=AlertingOptions(enabled=False))
+    with TestClient(app) as client:
+        response = client.post(
+            "/v1/readings",
+            content=json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {device.token}"},
+        )
+        assert response.status_code == 200, response.text
+        assert client.app.state.ingest.alerts is None  # type: ignore[attr-defined]
+    assert alerts(conn, patient) == []
+    ((batch_id, patients, *_),) = outbox_rows(conn)
+    assert (batch_id, patients) == (response.json()["batch_id"], [patient])
