@@ -58,8 +58,8 @@ CREATE TEMP TABLE IF NOT EXISTS alert_window (
 -- name: fill_window
 -- Per touched (patient, metric) and enabled above/below rule that the new readings can matter
 -- to (one of them breaches, or an alert is active): the readings from the touched range to
--- sustained_for after it (a late reading can complete a run that later readings belong to),
--- the nearest reading after that, and two neighbours before the range that tell where the
+-- sustained_for after it, or after the next reading if that one breaches (a late reading can
+-- complete a run that later readings belong to), the nearest reading after that, and two neighbours before the range that tell where the
 -- breach run at its start began: the newest in-range reading of the sustained_for before it
 -- (else the newest reading before that), and the first reading after that one. Runs are
 -- numbered by counting in-range readings. $5/$6: lowest/highest new value (NULL: unknown).
@@ -101,7 +101,19 @@ WITH touched AS (
                 WHERE r.patient_id = ru.patient_id AND r.metric_id = ru.metric_id
                   AND r.measured_at < ru.range_start - ru.sustained_for
                 ORDER BY r.measured_at DESC LIMIT 1),
-               '-infinity') AS anchor
+               '-infinity') AS anchor,
+           -- The end of the span read as the window: sustained_for after the range, or after
+           -- the first reading past the range when that one breaches. A late reading that
+           -- starts a run earlier can make readings qualify up to sustained_for after the run's
+           -- old start (the reading right after the range; later ones qualified already).
+           coalesce(
+               (SELECT CASE WHEN rpm.alert_breaches(ru.kind, ru.threshold, r.value)
+                            THEN r.measured_at ELSE ru.range_end END
+                FROM rpm.readings r
+                WHERE r.patient_id = ru.patient_id AND r.metric_id = ru.metric_id
+                  AND r.measured_at > ru.range_end
+                ORDER BY r.measured_at LIMIT 1),
+               ru.range_end) + ru.sustained_for AS window_end
     FROM rules ru
 ), seen AS (
     SELECT an.*, x.measured_at, x.value, x.in_window,
@@ -111,7 +123,7 @@ WITH touched AS (
         SELECT r.measured_at, r.value, true AS in_window
         FROM rpm.readings r
         WHERE r.patient_id = an.patient_id AND r.metric_id = an.metric_id
-          AND r.measured_at BETWEEN an.range_start AND an.range_end + an.sustained_for
+          AND r.measured_at BETWEEN an.range_start AND an.window_end
         UNION ALL
         SELECT r.measured_at, r.value, false
         FROM rpm.readings r
@@ -128,7 +140,7 @@ WITH touched AS (
         (SELECT r.measured_at, r.value, false
          FROM rpm.readings r
          WHERE r.patient_id = an.patient_id AND r.metric_id = an.metric_id
-           AND r.measured_at > an.range_end + an.sustained_for
+           AND r.measured_at > an.window_end
          ORDER BY r.measured_at
          LIMIT 1)
     ) x
