@@ -10,8 +10,9 @@ a fresh clone of the migrated database (same table, same indexes, empty at the s
 2. the idempotent path: the group committer (savepointed COPY, batch lineage, outcome
    classification; the staging merge only when a batch meets stored keys), fed validated
    readings as columns: its ratio is the dedup tax;
-3. HTTP end to end: JSON payloads posted to ``rpmstore serve`` with device tokens, decoded,
-   validated and group-committed; timed until the last 200 (answered after COMMIT);
+3. HTTP end to end: JSON payloads posted to ``rpmstore serve --role ingest`` (the device
+   ingest service) with device tokens, decoded, validated and group-committed; timed until
+   the last 200 (answered after COMMIT);
 4. MQTT end to end: the same payloads published QoS 1 as the gateway account to a real
    Mosquitto, consumed by ``rpmstore ingest mqtt``; timed until every row is in the table.
 
@@ -437,13 +438,10 @@ def test_ingest_throughput_ratios(
 
     port = free_port()
     api = start_child(
-        ["serve", "--port", str(port), "--workers", str(API_WORKERS)],
+        # The device-ingest service as deployed (compose's ingest-http): no clinician routes.
+        ["serve", "--role", "ingest", "--port", str(port), "--workers", str(API_WORKERS)],
         {
             "DATABASE_URL": urls["http"],
-            # serve also starts the clinician API, which runs as its own role
-            "API_DATABASE_URL": database_factory.server.url(
-                str(psycopg.conninfo.conninfo_to_dict(urls["http"])["dbname"]), api=True
-            ),
             "MQTT_URL": "mqtt://unused@127.0.0.1:1",
         },
         tmp_path / "api.log",
