@@ -88,6 +88,11 @@ def build_plan(conn: psycopg.Connection, *, as_of: datetime) -> Plan:
             "rollups are continuous aggregates: raw drops wait for pending invalidations and "
             f"for every aggregate's materialization watermark ({shown})"
         )
+        if watermark.refresh_from is not None:
+            notes.append(
+                f"raw rows from {_window_start(watermark.refresh_from)} on stay: the continuous "
+                "aggregates' refresh policies recompute their buckets"
+            )
     return Plan(as_of, tuple(slices), tuple(notes), held, horizons)
 
 
@@ -319,15 +324,14 @@ def _cagg_block(
     """TimescaleDB's watermark is the end of the last materialized bucket *with data*, not how
     far a refresh reached: a range ending after it is complete exactly when it has no rows at
     or after the watermark (rows before it were seen by a refresh; late ones are invalidations,
-    checked above)."""
+    which the caller checks next)."""
     if gate.refresh_from is not None and end > gate.refresh_from:
         # Unlike rpmstore's refresher, TimescaleDB recomputes buckets whose raw rows were
         # deleted or dropped: removing them inside the window would erase their rollups.
-        shown = "the beginning" if gate.refresh_from.year < 2 else gate.refresh_from.isoformat()
         return (
             "rollups at risk: the continuous aggregates' refresh policies recompute from "
-            f"{shown}, this range ends {end.isoformat()}; removing its rows now would make the "
-            "next refresh erase their rollups"
+            f"{_window_start(gate.refresh_from)}, this range ends {end.isoformat()}; removing "
+            "its rows now would make the next refresh erase their rollups"
         )
     if gate.complete_until is None:
         return (
@@ -344,3 +348,8 @@ def _cagg_block(
         f"{gate.complete_until.isoformat()}, {past} rows of this range come after it; "
         "refresh the rollups first"
     )
+
+
+def _window_start(at: datetime) -> str:
+    # cagg_refresh_window_start reports a policy without start_offset as the year 1.
+    return "the beginning" if at.year < 2 else at.isoformat()
