@@ -553,7 +553,9 @@ def test_api_latency_and_rollups(
 
     servers = start_servers(url, api_url, tmp_path)
     api, ingest = servers["api"], servers["ingest"]
-    alert_patients = iter(patients[1::7])
+    # Fresh patients for the alert trials, idle and under load: enough of them whatever
+    # RPMSTORE_BENCH_API_PATIENTS is (each trial gives its patient an alert).
+    alert_patients = iter(patients[1 :: max(1, len(patients) // (2 * ALERT_TRIALS + 2))])
     try:
         with (
             httpx2.Client(base_url=api.base, timeout=60) as client,
