@@ -734,7 +734,7 @@ def test_a_late_reading_that_starts_a_run_earlier_opens_its_sustained_alert(
     than sustained_for after the late one (a gap follows it): found by the fault suite's
     check, which compares incremental evaluation with evaluation from scratch."""
     new_rule(conn, kind="above", threshold=100.0, sustained_for=timedelta(minutes=5))
-    points = [(-1, 90.0), (0, 110.0), (4, 110.0)]
+    points: list[tuple[float, float]] = [(-1, 90.0), (0, 110.0), (4, 110.0)]
     points += [(m / 2, 110.0) for m in range(11, 18)] + [(9, 90.0)]  # 5.5 ... 8.5, then 9
     incremental, from_scratch = new_patient(conn), new_patient(conn)
     for point in [points[0], *points[2:], points[1]]:  # minute 0 arrives last
