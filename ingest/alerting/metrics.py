@@ -21,7 +21,7 @@ class AlertMetrics:
         )
         self.parked = Counter(
             "rpmstore_alert_evaluations_parked",
-            "Series whose evaluation was parked in rpm.alert_pending_evaluations for the sweep.",
+            "Outbox batches whose evaluation kept failing (parked for the sweep).",
             registry=registry,
         )
         self.alerts = Counter(

@@ -37,7 +37,7 @@ from schema.sql import queries
 
 log = logging.getLogger(__name__)
 
-# Not about the data: wait and retry the same ranges.
+# Not about the data: wait and retry (the batches stay in the outbox meanwhile).
 _TRANSIENT_ERRORS = (
     OSError,
     asyncio.TimeoutError,

@@ -519,13 +519,6 @@ WHERE a.status <> 'resolved' AND r.kind = 'missing_data' AND r.auto_resolve
       WHERE x.patient_id = a.patient_id AND x.metric_id = r.metric_id
         AND x.measured_at > (a.rule_snapshot ->> 'last_reading_at')::timestamptz);
 
--- name: park_evaluation
--- Ranges whose evaluation failed: evaluated again by the sweep.
-INSERT INTO rpm.alert_pending_evaluations (patient_id, metric_id, range_start, range_end,
-                                           last_error)
-SELECT *
-FROM unnest($1::uuid[], $2::smallint[], $3::timestamptz[], $4::timestamptz[], $5::text[]);
-
 -- name: take_parked_evaluations
 -- Claimed by one sweeper at a time (SKIP LOCKED); deleted in the transaction that evaluates them.
 DELETE FROM rpm.alert_pending_evaluations
