@@ -276,11 +276,14 @@ WITH rules AS (
     FROM rules ru
     JOIN rpm.alerts a
       ON a.patient_id = ru.patient_id AND a.rule_id = ru.rule_id AND a.status <> 'resolved'
-    WHERE EXISTS (
-        SELECT 1 FROM rpm.readings r
-        WHERE r.patient_id = ru.patient_id AND r.metric_id = ru.metric_id
-          AND r.measured_at > a.last_breach_at
-          AND NOT rpm.alert_breaches(ru.kind, ru.threshold, r.value))
+    -- An ordered probe, not EXISTS: for EXISTS the planner expects some of the thousands of
+    -- rows it estimates to turn up early in a sequential scan, and at tens of millions of
+    -- readings that scan reads a whole chunk (0.7 s) to find nothing.
+    WHERE (SELECT r.measured_at FROM rpm.readings r
+           WHERE r.patient_id = ru.patient_id AND r.metric_id = ru.metric_id
+             AND r.measured_at > a.last_breach_at
+             AND NOT rpm.alert_breaches(ru.kind, ru.threshold, r.value)
+           ORDER BY r.measured_at LIMIT 1) IS NOT NULL
     FOR UPDATE OF a
 ), resolved AS (
     UPDATE rpm.alerts a
@@ -334,13 +337,16 @@ WITH uncovered AS (
     FROM uncovered
     GROUP BY patient_id, rule_id, metric_id, kind, threshold, auto_resolve,
              CASE WHEN auto_resolve THEN run END
-), classified AS (
+), classified AS MATERIALIZED (
+    -- Materialized: the statement reads "over" four times, and an inlined CTE probed the
+    -- readings for each. An ordered probe (as in resolve_back_in_range), not EXISTS.
     SELECT sp.*,
-           sp.auto_resolve AND EXISTS (
-               SELECT 1 FROM rpm.readings r
+           sp.auto_resolve AND (
+               SELECT r.measured_at FROM rpm.readings r
                WHERE r.patient_id = sp.patient_id AND r.metric_id = sp.metric_id
                  AND r.measured_at > sp.last_breach_at
-                 AND NOT rpm.alert_breaches(sp.kind, sp.threshold, r.value)) AS over
+                 AND NOT rpm.alert_breaches(sp.kind, sp.threshold, r.value)
+               ORDER BY r.measured_at LIMIT 1) IS NOT NULL AS over
     FROM episodes sp
 ), inserted AS (
     INSERT INTO rpm.alerts (rule_id, patient_id, status, severity, rule_snapshot,
@@ -403,10 +409,11 @@ WITH touched AS (
     JOIN rpm.alerts a
       ON a.patient_id = t.patient_id AND a.rule_id = r.rule_id AND a.status <> 'resolved'
     WHERE r.auto_resolve
-      AND EXISTS (
-          SELECT 1 FROM rpm.readings x
-          WHERE x.patient_id = t.patient_id AND x.metric_id = t.metric_id
-            AND x.measured_at > (a.rule_snapshot ->> 'last_reading_at')::timestamptz)
+      -- An ordered probe, not EXISTS (see resolve_back_in_range).
+      AND (SELECT x.measured_at FROM rpm.readings x
+           WHERE x.patient_id = t.patient_id AND x.metric_id = t.metric_id
+             AND x.measured_at > (a.rule_snapshot ->> 'last_reading_at')::timestamptz
+           ORDER BY x.measured_at LIMIT 1) IS NOT NULL
     FOR UPDATE OF a
 ), resolved AS (
     UPDATE rpm.alerts a
@@ -514,10 +521,11 @@ SELECT DISTINCT a.patient_id, r.metric_id
 FROM rpm.alerts a
 JOIN rpm.alert_rules r ON r.rule_id = a.rule_id
 WHERE a.status <> 'resolved' AND r.kind = 'missing_data' AND r.auto_resolve
-  AND EXISTS (
-      SELECT 1 FROM rpm.readings x
-      WHERE x.patient_id = a.patient_id AND x.metric_id = r.metric_id
-        AND x.measured_at > (a.rule_snapshot ->> 'last_reading_at')::timestamptz);
+  -- An ordered probe, not EXISTS (see resolve_back_in_range).
+  AND (SELECT x.measured_at FROM rpm.readings x
+       WHERE x.patient_id = a.patient_id AND x.metric_id = r.metric_id
+         AND x.measured_at > (a.rule_snapshot ->> 'last_reading_at')::timestamptz
+       ORDER BY x.measured_at LIMIT 1) IS NOT NULL;
 
 -- name: take_parked_evaluations
 -- Claimed by one sweeper at a time (SKIP LOCKED); deleted in the transaction that evaluates them.
