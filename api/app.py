@@ -26,10 +26,11 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from psycopg_pool import AsyncConnectionPool
 
+from alerting import AlertingOptions
 from api.access import NotVisibleError, check_api_role
 from api.auth import AuthConfig
 from api.routes import admin, alerts, audit, fhir, health, patients, readings
-from ingest import AlertingOptions, IngestLimits, open_ingest_runtime
+from ingest import IngestLimits, open_ingest_runtime
 
 log = logging.getLogger(__name__)
 

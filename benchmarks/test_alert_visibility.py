@@ -34,7 +34,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from ingest.alerting import AlertWorker
+from alerting import AlertWorker
 from ingest.committer import GroupCommitter, IngestRequest
 from ingest.store import ValidatedReading
 from tests.conftest import DatabaseFactory

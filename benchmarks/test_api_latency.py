@@ -8,7 +8,7 @@ million), everything measured minutes apart on the same machine:
    about 45 days (47 s at 50 million: dense series, where rollups matter), generated
    server-side by INSERT ... SELECT over generate_series on several connections at once (the
    schema's indexes stay in place), under one registered import batch; then the rollups are
-   refreshed with ``schema.rollups.refresh_rollups`` over the whole span (as if the refresher
+   refreshed with ``jobs.rollups.refresh_rollups`` over the whole span (as if the refresher
    had run all along) and the whole database vacuumed and analyzed. Each step is timed.
 2. Latency through the real servers, deployed as in docker-compose.yml: two processes, the
    clinician API (``rpmstore serve --role api``: clinician routes only, on the rpmstore_api
@@ -58,8 +58,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+from jobs.rollups import refresh_rollups
 from schema.registry import PatientIdentity, assign_device, register_device, register_patient
-from schema.rollups import refresh_rollups
 from schema.sql import parse_queries
 from tests.apphelpers import bearer
 from tests.conftest import DatabaseFactory, free_port

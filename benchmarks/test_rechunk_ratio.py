@@ -30,7 +30,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from retention.rechunk import Options, Rechunker
+from jobs.rechunk import Options, Rechunker
 from tests.conftest import DatabaseFactory
 
 pytestmark = pytest.mark.benchmark

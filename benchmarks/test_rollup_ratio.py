@@ -25,8 +25,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from jobs.rollups import refresh_rollups
 from schema.edition import detect_edition
-from schema.rollups import refresh_rollups
 from tests.conftest import DatabaseFactory
 
 pytestmark = pytest.mark.benchmark

@@ -31,8 +31,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import numpy as np
 
-from ingest.alerting.ranges import series_ranges
 from ingest.metrics import IngestMetrics
+from ingest.series import series_ranges
 from ingest.store import (
     EPOCH,
     READING_COPY_COLUMNS,

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 import asyncpg
 from prometheus_client import CollectorRegistry
 
-from ingest.alerting.metrics import AlertMetrics
-from ingest.alerting.worker import AlertingOptions, AlertWorker
+from alerting import AlertingOptions, AlertMetrics, AlertWorker
 from ingest.committer import GroupCommitter
 from ingest.directory import DeviceDirectory, load_catalogue
 from ingest.horizon import RetentionHorizon

@@ -11,10 +11,10 @@ from typing import TypedDict
 
 from fastapi import FastAPI
 
+from alerting import AlertingOptions
 from api.app import ServeRole, create_app
 from api.auth import AuthConfig
-from ingest import AlertingOptions
-from rpmstore.localstack import stack
+from rpmstore import endpoints
 from rpmstore.localstack.errors import StackNotRunningError
 from rpmstore.logs import configure_logging
 from rpmstore.settings import DEV_JWT_SECRET, Settings
@@ -29,20 +29,22 @@ class AppSettings(TypedDict):
 
 
 def app_settings(settings: Settings, role: ServeRole | None = None) -> AppSettings:
-    """What ``create_app`` needs, from the settings and the local stack; refuses unsafe auth.
+    """What ``create_app`` needs, from the settings (the local stack fills in missing URLs);
+    refuses unsafe auth.
 
     ``role`` defaults to the ``serve_role`` setting; only the ``ingest`` role does without
     the rpmstore_api URL.
     """
     role = role or settings.serve_role
-    urls = stack.urls(settings)
-    if urls.api_database_url is None and role != "ingest":
+    database_url = endpoints.database_url(settings)
+    api_database_url = endpoints.api_database_url(settings)
+    if api_database_url is None and role != "ingest":
         raise StackNotRunningError(
             "no API_DATABASE_URL: set it to the rpmstore_api role's URL, or run 'rpmstore db up'"
         )
     return AppSettings(
-        database_url=urls.database_url,
-        api_database_url=urls.api_database_url,
+        database_url=database_url,
+        api_database_url=api_database_url,
         auth=auth_config(settings),
         role=role,
         # No sweep here: the MQTT ingestor or `rpmstore alerts run` sweeps.

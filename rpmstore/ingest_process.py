@@ -10,7 +10,8 @@ import socket
 import uvloop
 from prometheus_client import CollectorRegistry, start_http_server
 
-from ingest import AlertingOptions, open_ingest_runtime
+from alerting import AlertingOptions
+from ingest import open_ingest_runtime
 from ingest.mqtt import MqttIngestor, MqttOptions, MqttRetireError
 from rpmstore.settings import Settings
 

@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     mqtt_client_id: str | None = None
     mqtt_group: str = "rpmstore-ingest"
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
-    # Rollups (schema/rollups.py): buckets older than the raw horizon are never recomputed from
+    # Rollups (jobs/rollups.py): buckets older than the raw horizon are never recomputed from
     # raw readings (keep it shorter than raw retention, or a refresh could erase rollups whose
     # raw chunks were dropped); the newest `lag` stays aggregated on the fly.
     rollup_raw_horizon: timedelta = Field(default=timedelta(days=30), ge=timedelta(days=2))

@@ -11,6 +11,12 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 
+from alerting import (
+    AlertNotFoundError,
+    IllegalAlertTransitionError,
+    acknowledge_alert,
+    resolve_alert,
+)
 from api.access import NotVisibleError, scoped_transaction
 from api.auth import Principal
 from api.deps import ApiPoolDep, CareUser, RouteDep
@@ -23,12 +29,6 @@ from api.pagination import (
     invalid_cursor,
 )
 from api.types import Note
-from ingest import (
-    AlertNotFoundError,
-    IllegalAlertTransitionError,
-    acknowledge_alert,
-    resolve_alert,
-)
 from schema.sql import queries
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])

@@ -23,7 +23,7 @@ from api.pagination import (
     invalid_input,
 )
 from api.types import Text
-from schema.rollups import ROLLUP_WIDTHS, Resolution, bucket_count, choose_resolution
+from schema.rollup_levels import ROLLUP_WIDTHS, Resolution, bucket_count, choose_resolution
 from schema.sql import queries
 
 router = APIRouter(prefix="/v1/patients", tags=["patients"])

@@ -229,7 +229,7 @@ def down(settings: Settings) -> None:
         postgres.stop()
 
 
-def _local_urls(settings: Settings) -> StackUrls | None:
+def local_urls(settings: Settings) -> StackUrls | None:
     if choose_backend(settings) == "docker":
         return docker.urls(settings)
     state = _load_state(settings)
@@ -238,7 +238,7 @@ def _local_urls(settings: Settings) -> StackUrls | None:
 
 def urls(settings: Settings) -> StackUrls:
     """The URLs processes should use: explicit settings win over the local stack's."""
-    local = _local_urls(settings)
+    local = local_urls(settings)
     database_url = settings.database_url or (local.database_url if local else None)
     broker_url = settings.mqtt_url or (local.mqtt_url if local else None)
     if database_url is None or broker_url is None:

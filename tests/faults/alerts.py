@@ -11,8 +11,8 @@ from typing import Any
 
 import asyncpg
 
-from ingest.alerting import AlertEvaluator, TouchedRange
-from ingest.alerting.sweep import evaluate_parked
+from alerting import AlertEvaluator, TouchedRange
+from alerting.sweep import evaluate_parked
 from tests.faults.episodes import Episode, reading_keys
 
 # The columns that say what an alert is and what it claims about the readings. (updated_at,

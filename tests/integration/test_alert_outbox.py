@@ -21,10 +21,9 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from ingest import AlertingOptions
-from ingest.alerting import AlertWorker
-from ingest.alerting.evaluator import AlertEvaluator
-from ingest.alerting.outbox import drain_outbox
+from alerting import AlertingOptions, AlertWorker
+from alerting.evaluator import AlertEvaluator
+from alerting.outbox import drain_outbox
 from ingest.committer import GroupCommitter, IngestRequest, QuarantineEntry
 from ingest.store import ValidatedReading
 from rpmstore.cli import main

@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 from psycopg.rows import dict_row
 
-from ingest.alerting import (
+from alerting import (
     AlertEvaluator,
     AlertNotFoundError,
     AlertWorker,
@@ -29,8 +29,8 @@ from ingest.alerting import (
     acknowledge_alert,
     resolve_alert,
     sweep_missing_data,
-    touched_ranges,
 )
+from ingest import touched_ranges
 from ingest.committer import GroupCommitter, IngestRequest
 from ingest.store import ValidatedReading, store_readings
 from rpmstore.cli import main

@@ -23,14 +23,14 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ingest.committer import GroupCommitter, IngestRequest
 from ingest.store import ValidatedReading
-from retention.rechunk import (
+from jobs.rechunk import (
     LockBusyError,
     Options,
     Rechunker,
     RechunkRefusedError,
     VerificationError,
 )
-from retention.rechunk.commands import PAUSE_MARKER
+from rpmstore.cli.rechunk import PAUSE_MARKER
 from rpmstore.localstack.debian_root import PG_BIN, DebianRoot
 from schema.introspect import describe
 from tests.conftest import PgServer

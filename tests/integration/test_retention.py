@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
 
+from jobs.rollups import refresh_rollups
 from retention.errors import RechunkInProgressError
 from retention.holds import place_hold, release_hold
 from retention.plan import build_plan
@@ -22,7 +23,6 @@ from retention.run import RetentionOptions, run_retention
 from rpmstore.cli import main
 from rpmstore.localstack.debian_root import PG_BIN, DebianRoot
 from schema.horizon import fetch_raw_horizon
-from schema.rollups import refresh_rollups
 from tests.conftest import PgServer
 from tests.integration.retention_data import (
     AS_OF,

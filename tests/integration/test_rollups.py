@@ -29,19 +29,17 @@ from psycopg.rows import class_row
 
 from ingest.committer import GroupCommitter, IngestRequest
 from ingest.store import ValidatedReading
-from rpmstore.cli import main
-from schema.edition import detect_edition
-from schema.migrate import LOCK_CLASS
-from schema.rollups import (
+from jobs.rollups import (
     DEFAULT_LAG,
     DEFAULT_RAW_HORIZON,
     LOCK_OBJECT,
-    ROLLUP_WIDTHS,
     RefreshReport,
-    bucket_count,
-    choose_resolution,
     refresh_rollups,
 )
+from rpmstore.cli import main
+from schema.edition import detect_edition
+from schema.migrate import LOCK_CLASS
+from schema.rollup_levels import ROLLUP_WIDTHS, bucket_count, choose_resolution
 from schema.sql import queries
 
 HEART_RATE, SPO2 = 1, 4

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from ingest.alerting import touched_ranges
+from ingest import touched_ranges
 from ingest.store import ReadingColumns, ValidatedReading
 
 T0 = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)

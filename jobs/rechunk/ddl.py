@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from retention.rechunk.catalog import Column, Index, Policy, TableDefinition, View
-from retention.rechunk.errors import RechunkRefusedError
+from jobs.rechunk.catalog import Column, Index, Policy, TableDefinition, View
+from jobs.rechunk.errors import RechunkRefusedError
 
 _MAX_IDENTIFIER = 63
 _STORAGE = {"p": "PLAIN", "e": "EXTERNAL", "x": "EXTENDED", "m": "MAIN"}

@@ -1,18 +1,11 @@
-"""The ``rpmstore retention`` and ``rpmstore archive`` commands (registered by rpmstore.cli).
-
-The command line stays the composition root: it hands in how to find the database URL from the
-settings, so this module never reaches for the local stack itself.
-"""
+"""``rpmstore retention plan|run|hold`` and ``rpmstore archive restore``."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Protocol, TypeVar
 
 import psycopg
 
@@ -21,37 +14,16 @@ from retention.holds import list_holds, place_hold, release_hold
 from retention.plan import Plan, build_plan
 from retention.restore import restore_range
 from retention.run import RetentionOptions, RunResult, run_retention
+from rpmstore import endpoints
+from rpmstore.cli.common import Subcommands, say, timestamp
+from rpmstore.settings import Settings
 
 
-class RetentionSettings(Protocol):
-    """The settings these commands read (rpmstore.settings.Settings has them)."""
-
-    @property
-    def home(self) -> Path: ...
-    @property
-    def archive_url(self) -> str | None: ...
-    @property
-    def retention_operator(self) -> str | None: ...
-    @property
-    def retention_lock_timeout_ms(self) -> int: ...
-
-
-S = TypeVar("S", bound=RetentionSettings)
-
-
-def _timestamp(text: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from exc
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _operator(settings: RetentionSettings, args: argparse.Namespace) -> str:
+def _operator(settings: Settings, args: argparse.Namespace) -> str:
     return args.operator or settings.retention_operator or getpass.getuser()
 
 
-def _archive_url(settings: RetentionSettings, args: argparse.Namespace) -> str:
+def _archive_url(settings: Settings, args: argparse.Namespace) -> str:
     return args.archive_url or settings.archive_url or str(settings.home / "archive")
 
 
@@ -65,58 +37,56 @@ def _size(n: int) -> str:
 
 
 def print_plan(plan: Plan) -> None:
-    print(f"retention plan as of {plan.as_of.isoformat()}")
+    say(f"retention plan as of {plan.as_of.isoformat()}")
     for target, horizon in plan.horizons.items():
-        print(f"  {target}: chunks ending on or before {horizon.isoformat()} are due")
-    print(f"  patients under legal hold: {len(plan.held_patients)}")
+        say(f"  {target}: chunks ending on or before {horizon.isoformat()} are due")
+    say(f"  patients under legal hold: {len(plan.held_patients)}")
     if not plan.slices:
-        print("nothing due")
+        say("nothing due")
     for s in plan.slices:
         what = "drop" if s.action == "drop_chunk" else f"delete class {s.metric_class}"
         state = f"SKIP: {s.blocked}" if s.blocked else "due"
-        print(
+        say(
             f"{s.target.name} [{s.start.isoformat()}, {s.end.isoformat()}) {what}: "
             f"{s.row_count} rows, {s.held_rows} held rows of {s.held_patients} patients, "
             f"{_size(s.bytes)} freed, chunks {', '.join(s.chunks)} — {state}"
         )
     due = plan.due
-    print(
+    say(
         f"total: {len(due)} slices due, {sum(s.row_count for s in due)} rows archived then "
         f"removed, {sum(s.held_rows for s in due)} held rows kept, "
         f"{_size(plan.bytes_freed)} freed; {len(plan.slices) - len(due)} skipped"
     )
     for note in plan.notes:
-        print(f"note: {note}")
+        say(f"note: {note}")
 
 
 def _print_run(result: RunResult) -> None:
     for s in result.slices:
         where = s.archived.archive_uri if s.archived else "-"
         reason = f" ({s.reason})" if s.reason else ""
-        print(
+        say(
             f"{s.work.target.name} [{s.work.start.isoformat()}, {s.work.end.isoformat()}) "
             f"{s.work.action}: {s.status}{reason}; archive {where}"
         )
-    print(
+    say(
         f"run {result.run_id}: {result.outcome}; {result.rows_archived} rows archived, "
         f"{result.rows_dropped} removed, {result.rows_held} held rows kept"
     )
 
 
-def add_commands(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], database_url: Callable[[S], str]
-) -> None:
-    """Register ``retention`` and ``archive`` on the rpmstore command line."""
+def register(commands: Subcommands) -> None:
+    """Register ``retention`` and ``archive``."""
 
-    def connect(settings: S) -> psycopg.Connection:
-        return psycopg.connect(database_url(settings), autocommit=True)
+    def connect(settings: Settings) -> psycopg.Connection:
+        return psycopg.connect(endpoints.database_url(settings), autocommit=True)
 
-    def plan(settings: S, args: argparse.Namespace) -> int:
+    def plan(settings: Settings, args: argparse.Namespace) -> int:
         with connect(settings) as conn:
             print_plan(build_plan(conn, as_of=args.as_of or datetime.now(UTC)))
         return 0
 
-    def run(settings: S, args: argparse.Namespace) -> int:
+    def run(settings: Settings, args: argparse.Namespace) -> int:
         options = RetentionOptions(
             archive_url=_archive_url(settings, args),
             operator=_operator(settings, args),
@@ -128,21 +98,21 @@ def add_commands(
         _print_run(result)
         return 0 if result.outcome in ("succeeded", "nothing_due") else 1
 
-    def hold_place(settings: S, args: argparse.Namespace) -> int:
+    def hold_place(settings: Settings, args: argparse.Namespace) -> int:
         with connect(settings) as conn:
             hold_id = place_hold(
                 conn, args.patient, reason=args.reason, by=_operator(settings, args)
             )
-        print(f"legal hold {hold_id} placed on patient {args.patient}")
+        say(f"legal hold {hold_id} placed on patient {args.patient}")
         return 0
 
-    def hold_release(settings: S, args: argparse.Namespace) -> int:
+    def hold_release(settings: Settings, args: argparse.Namespace) -> int:
         with connect(settings) as conn:
             release_hold(conn, args.hold_id, reason=args.reason, by=_operator(settings, args))
-        print(f"legal hold {args.hold_id} released")
+        say(f"legal hold {args.hold_id} released")
         return 0
 
-    def hold_list(settings: S, _args: argparse.Namespace) -> int:
+    def hold_list(settings: Settings, _args: argparse.Namespace) -> int:
         with connect(settings) as conn:
             for h in list_holds(conn):
                 state = (
@@ -150,13 +120,13 @@ def add_commands(
                     if h.released_at
                     else "active"
                 )
-                print(
+                say(
                     f"{h.hold_id}\t{h.patient_id}\t{state}\tplaced {h.placed_at:%Y-%m-%d} "
                     f"by {h.placed_by}: {h.reason}"
                 )
         return 0
 
-    def restore(settings: S, args: argparse.Namespace) -> int:
+    def restore(settings: Settings, args: argparse.Namespace) -> int:
         schema, _, table = args.table.partition(".")
         with connect(settings) as conn:
             try:
@@ -168,9 +138,9 @@ def add_commands(
                     target=(schema, table),
                 )
             except RetentionError as exc:
-                print(f"rpmstore: error: {exc}")
+                say(f"rpmstore: error: {exc}")
                 return 1
-        print(
+        say(
             f"restore {result.run_id}: {result.outcome}; {len(result.archives)} archives, "
             f"{result.rows_read} rows in range, {result.rows_restored} inserted, "
             f"{result.rows_read - result.rows_restored} already present"
@@ -185,10 +155,10 @@ def add_commands(
     retention = commands.add_parser("retention", help="retention policies, archive and legal hold")
     actions = retention.add_subparsers(dest="action", required=True, metavar="ACTION")
     plan_parser = actions.add_parser("plan", help="dry run: what is due, held, blocked, freed")
-    plan_parser.add_argument("--as-of", type=_timestamp, help="measure horizons from this time")
+    plan_parser.add_argument("--as-of", type=timestamp, help="measure horizons from this time")
     plan_parser.set_defaults(handler=plan)
     run_parser = actions.add_parser("run", help="archive what is due, verify it, then drop it")
-    run_parser.add_argument("--as-of", type=_timestamp, help="measure horizons from this time")
+    run_parser.add_argument("--as-of", type=timestamp, help="measure horizons from this time")
     run_parser.add_argument(
         "--archive-url", help="folder or fsspec URL (default: RPMSTORE_ARCHIVE_URL)"
     )
@@ -215,8 +185,8 @@ def add_commands(
     restore_parser = archive_actions.add_parser(
         "restore", help="reload an archived time range (idempotent)"
     )
-    restore_parser.add_argument("--start", type=_timestamp, required=True)
-    restore_parser.add_argument("--end", type=_timestamp, required=True)
+    restore_parser.add_argument("--start", type=timestamp, required=True)
+    restore_parser.add_argument("--end", type=timestamp, required=True)
     restore_parser.add_argument("--table", default="rpm.readings", help="default rpm.readings")
     operator_option(restore_parser)
     restore_parser.set_defaults(handler=restore)

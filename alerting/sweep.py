@@ -10,8 +10,8 @@ from datetime import datetime
 
 import asyncpg
 
-from ingest.alerting.evaluator import AlertEvaluator, TouchedRange
-from ingest.alerting.outbox import drain_outbox
+from alerting.evaluator import AlertEvaluator, TouchedRange
+from alerting.outbox import drain_outbox
 from schema.sql import queries
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,8 @@ On both, nothing older than the raw horizon (``raw_horizon``, setting
 readings, so dropping raw chunks never erases rollups. One refresher runs at a time (session
 advisory lock); a second waits, or returns at once with ``wait=False``.
 
-Calling it: ``rpmstore rollups refresh [--loop --interval S]``; from code, with an autocommit
+Calling it: ``rpmstore rollups refresh [--loop --interval S]`` (the command is in the
+composition root); from code, with an autocommit
 psycopg connection, ``refresh_rollups(conn, raw_horizon=..., lag=...)``, or from asyncio
 ``await asyncio.to_thread(refresh_rollups, conn, ...)`` (it blocks while it works); for a
 background thread, :func:`refresh_forever`.
@@ -29,75 +30,35 @@ background thread, :func:`refresh_forever`.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import signal
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
-from types import FrameType, MappingProxyType
-from typing import Literal, Protocol, TypeVar
+from datetime import datetime, timedelta
+from types import MappingProxyType
 
 import psycopg
 from psycopg import errors
 
 from schema.edition import Edition, License, detect_edition
 from schema.migrate import LOCK_CLASS
+from schema.rollup_levels import EPOCH, FINER, LEVELS, ROLLUP_WIDTHS, floor_to_level
 from schema.sql import queries
 
 log = logging.getLogger(__name__)
-
-Resolution = Literal["raw", "1m", "1h", "1d"]
-RollupLevel = Literal["1m", "1h", "1d"]
-# Coarsest first: the order choose_resolution tries them in.
-ROLLUP_WIDTHS: Mapping[RollupLevel, timedelta] = MappingProxyType(
-    {"1d": timedelta(days=1), "1h": timedelta(hours=1), "1m": timedelta(minutes=1)}
-)
-_FINER: Mapping[RollupLevel, str] = MappingProxyType({"1m": "raw", "1h": "1m", "1d": "1h"})
-_LEVELS: tuple[RollupLevel, ...] = ("1m", "1h", "1d")  # the order they are built in
 
 LOCK_OBJECT = 2  # pg_advisory_lock('RPMS', 2); the migration runner holds ('RPMS', 1)
 DEFAULT_RAW_HORIZON = timedelta(days=30)
 DEFAULT_LAG = timedelta(minutes=1)
 # A day-aligned horizon start and the 1-day level need at least two days between the two ends.
-_MIN_WINDOW = timedelta(days=2)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MIN_WINDOW = timedelta(days=2)
 
 
 def _q(name: str) -> str:
     return queries("rollups")[name]
-
-
-def bucket_count(start: datetime, end: datetime, width: timedelta) -> int:
-    """How many UTC-aligned buckets of ``width`` overlap [start, end) (0 when end <= start)."""
-    if end <= start:
-        return 0
-    first = (start - _EPOCH) // width
-    last = (end - _EPOCH - timedelta(microseconds=1)) // width
-    return last - first + 1
-
-
-def choose_resolution(start: datetime, end: datetime, points: int) -> Resolution:
-    """The ``auto`` resolution: the coarsest rollup giving at least ``points`` buckets.
-
-    ``points`` is how many points the caller wants to draw over [start, end). When not even
-    1-minute buckets give that many (a short range), the raw readings are the finest answer.
-    """
-    if start.tzinfo is None or end.tzinfo is None:
-        raise ValueError("start and end must be timezone-aware")
-    if end <= start:
-        raise ValueError("end must be after start")
-    if points < 1:
-        raise ValueError("points must be at least 1")
-    for level, width in ROLLUP_WIDTHS.items():
-        if bucket_count(start, end, width) >= points:
-            return level
-    return "raw"
 
 
 @dataclass(frozen=True)
@@ -134,9 +95,9 @@ def refresh_rollups(
     """
     if not conn.autocommit:
         raise ValueError("refresh_rollups needs an autocommit connection (it runs transactions)")
-    if lag < timedelta(0) or raw_horizon - lag < _MIN_WINDOW:
+    if lag < timedelta(0) or raw_horizon - lag < MIN_WINDOW:
         raise ValueError(
-            f"the raw horizon must exceed the lag by at least {_MIN_WINDOW.days} days "
+            f"the raw horizon must exceed the lag by at least {MIN_WINDOW.days} days "
             f"(got raw_horizon={raw_horizon}, lag={lag})"
         )
     edition = edition or detect_edition(conn)
@@ -226,7 +187,7 @@ def _refresh_continuous_aggregates(
         )
     window = {"start": horizon_start, "end": threshold}
     # Finest first: each continuous aggregate is refreshed from the one below it.
-    for level in _LEVELS:
+    for level in LEVELS:
         conn.execute(_q(f"refresh_cagg_{level}"), window)
     row = conn.execute(_q("cagg_watermark")).fetchone()
     return RefreshReport(
@@ -304,25 +265,23 @@ def _materialize(
         if start >= target:
             return
         day = ROLLUP_WIDTHS["1d"]
-        until = min(target, _EPOCH + ((start - _EPOCH) // day + 1) * day)
+        until = min(target, EPOCH + ((start - EPOCH) // day + 1) * day)
         params = {
             "until": until,
             "from_1m": start,
             # A coarser bucket starts at the bucket of the progress mark (it was incomplete
             # then), never before the horizon.
-            "from_1h": start if progress is None else max(_floor(progress, "1h"), horizon_start),
-            "from_1d": start if progress is None else max(_floor(progress, "1d"), horizon_start),
+            "from_1h": start
+            if progress is None
+            else max(floor_to_level(progress, "1h"), horizon_start),
+            "from_1d": start
+            if progress is None
+            else max(floor_to_level(progress, "1d"), horizon_start),
         }
         with conn.transaction():
-            for level in _LEVELS:
+            for level in LEVELS:
                 written[level] += conn.execute(_q(f"materialize_{level}"), params).rowcount
             conn.execute(_q("set_progress"), {"until": until})
-
-
-def _floor(at: datetime, level: RollupLevel) -> datetime:
-    """time_bucket(level, at): UTC-aligned, as TimescaleDB aligns hours and days."""
-    width = ROLLUP_WIDTHS[level]
-    return _EPOCH + ((at - _EPOCH) // width) * width
 
 
 def _consume_invalidations(
@@ -338,18 +297,18 @@ def _consume_invalidations(
             assert row is not None
             count, early = int(row[0]), int(row[1])
             if count:
-                for level in _LEVELS:
+                for level in LEVELS:
                     conn.execute(
                         _q("mark_dirty"),
                         {
                             "resolution": level,
-                            "finer": _FINER[level],
+                            "finer": FINER[level],
                             "width": ROLLUP_WIDTHS[level],
                             "horizon_start": horizon_start,
                         },
                     )
                 conn.execute(_q("analyze_dirty"))
-                for level in _LEVELS:
+                for level in LEVELS:
                     conn.execute(_q(f"clear_{level}"))
                     written[level] += conn.execute(_q(f"recompute_{level}")).rowcount
         consumed += count
@@ -391,85 +350,3 @@ def refresh_forever(
     finally:
         if conn is not None:
             conn.close()
-
-
-class RollupSettings(Protocol):
-    """The settings the rollup commands read (rpmstore.settings.Settings has them)."""
-
-    @property
-    def rollup_raw_horizon(self) -> timedelta: ...
-
-    @property
-    def rollup_refresh_lag(self) -> timedelta: ...
-
-
-S = TypeVar("S", bound=RollupSettings)
-
-
-def add_commands(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-    *,
-    database_url: Callable[[S], str],
-) -> None:
-    """``rpmstore rollups refresh [--loop --interval S]``; the CLI supplies the database URL."""
-    rollups = commands.add_parser("rollups", help="1-minute, 1-hour and 1-day rollups")
-    actions = rollups.add_subparsers(dest="action", required=True, metavar="ACTION")
-    refresh = actions.add_parser(
-        "refresh",
-        help="materialize new buckets and recompute those late readings touched "
-        "(TSL edition: refresh the continuous aggregates)",
-    )
-    refresh.add_argument("--loop", action="store_true", help="keep refreshing until stopped")
-    refresh.add_argument(
-        "--interval",
-        type=float,
-        default=60.0,
-        metavar="S",
-        help="seconds between refreshes with --loop (default 60)",
-    )
-
-    def print_report(report: RefreshReport) -> None:
-        if not report.ran:
-            print("rollups: another refresher is running", flush=True)  # noqa: T201 - output
-            return
-        horizon = report.horizon_start.isoformat() if report.horizon_start else "-"
-        threshold = report.threshold.isoformat() if report.threshold else "-"
-        print(  # noqa: T201 - the command's output
-            f"rollups ({report.edition}): {horizon} to {threshold}, "
-            f"{report.invalidations} invalidations, rows written {dict(report.rows_written)}, "
-            f"{report.seconds:.2f} s",
-            flush=True,  # --loop writes one line per refresh to a pipe or a log
-        )
-
-    def run(settings: S, args: argparse.Namespace) -> int:
-        horizon, lag = settings.rollup_raw_horizon, settings.rollup_refresh_lag
-        if horizon - lag < _MIN_WINDOW:
-            print(  # noqa: T201 - the command's error
-                f"rpmstore: error: RPMSTORE_ROLLUP_RAW_HORIZON ({horizon}) must exceed "
-                f"RPMSTORE_ROLLUP_REFRESH_LAG ({lag}) by at least {_MIN_WINDOW.days} days",
-                file=sys.stderr,
-            )
-            return 2
-        url = database_url(settings)
-        if not args.loop:
-            with psycopg.connect(url, autocommit=True) as conn:
-                print_report(refresh_rollups(conn, raw_horizon=horizon, lag=lag))
-            return 0
-        stop = threading.Event()
-
-        def request_stop(_signum: int, _frame: FrameType | None) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGTERM, request_stop)
-        signal.signal(signal.SIGINT, request_stop)
-        refresh_forever(
-            lambda: psycopg.connect(url, autocommit=True),
-            interval=timedelta(seconds=args.interval),
-            stop=stop,
-            on_report=print_report,
-            raw_horizon=horizon,
-            lag=lag,
-        )
-        return 0
-
-    refresh.set_defaults(handler=run)

@@ -2,7 +2,7 @@
 transaction, so a batch's evaluation is never lost and never half done.
 
 The group committer writes one outbox row per batch in the batch's own transaction (its
-touched series, see ``ingest.alerting.ranges``). Any number of workers, in any processes, may
+touched series, see ``ingest.series``). Any number of workers, in any processes, may
 consume: ``FOR UPDATE SKIP LOCKED`` gives each its own batches, the evaluator's per-patient
 advisory locks serialise evaluations of the same patient, and evaluation recomputes from the
 stored readings, so the order in which batches are evaluated does not matter.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from ingest.alerting.evaluator import AlertEvaluator, EvaluationResult, TouchedRange
+from alerting.evaluator import AlertEvaluator, EvaluationResult, TouchedRange
 from schema.sql import queries
 
 # Batches claimed per evaluation transaction: under load many batches share one evaluation;

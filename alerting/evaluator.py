@@ -1,7 +1,8 @@
 """Set-based alert evaluation over the ranges that committed ingest batches touched.
 
 The rules, their semantics and every statement live in ``schema/queries/alerting.sql``; this
-module only groups readings into touched ranges and runs the statements in one transaction.
+module merges the touched ranges it is given (ingest computes them) and runs the statements
+in one transaction.
 Evaluation is idempotent (counts and extremes are recomputed from the stored readings), so a
 range evaluated twice, by a retry, a second worker or the sweep, changes nothing.
 """
@@ -12,17 +13,13 @@ import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime
 
 import asyncpg
 
-from ingest.alerting.ranges import series_ranges
-from ingest.store import ReadingColumns, ValidatedReading
 from schema.sql import queries
 
 log = logging.getLogger(__name__)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,66 +41,6 @@ class EvaluationResult:
     extended: int  # active alerts that absorbed new breaches
     resolved: int  # alerts auto-resolved (back in range, or data resumed)
     opened: tuple[uuid.UUID, ...]  # new alerts (open, or recorded as already over)
-
-
-def touched_ranges(
-    batches: Iterable[ReadingColumns | Iterable[ValidatedReading]],
-) -> list[TouchedRange]:
-    """One range per (patient, metric) over all readings of ``batches``.
-
-    Batches of columns (the ingest path) are reduced with numpy: converting them back to one
-    object per reading cost the ingest process more CPU than decoding and validating them.
-    """
-    # key -> [start, end, low, high]
-    ranges: dict[tuple[uuid.UUID, int], list[Any]] = {}
-    from_columns: list[TouchedRange] = []
-    for readings in batches:
-        if isinstance(readings, ReadingColumns):
-            from_columns.extend(_column_ranges(readings))
-            continue
-        for r in readings:
-            seen = ranges.get((r.patient_id, r.metric_id))
-            if seen is None:
-                ranges[(r.patient_id, r.metric_id)] = [
-                    r.measured_at,
-                    r.measured_at,
-                    r.value,
-                    r.value,
-                ]
-                continue
-            if r.measured_at < seen[0]:
-                seen[0] = r.measured_at
-            elif r.measured_at > seen[1]:
-                seen[1] = r.measured_at
-            if r.value < seen[2]:
-                seen[2] = r.value
-            elif r.value > seen[3]:
-                seen[3] = r.value
-    objects = [TouchedRange(p, m, *bounds) for (p, m), bounds in ranges.items()]
-    return merge_ranges([*objects, *from_columns]) if from_columns else objects
-
-
-def _column_ranges(columns: ReadingColumns) -> list[TouchedRange]:
-    ranges = series_ranges(columns)
-    return [
-        TouchedRange(
-            uuid.UUID(bytes=bytes(patient)),
-            metric_id,
-            _EPOCH + timedelta(microseconds=start),
-            _EPOCH + timedelta(microseconds=end),
-            low,
-            high,
-        )
-        for patient, metric_id, start, end, low, high in zip(
-            ranges.patient,
-            ranges.metric_id.tolist(),
-            ranges.start_us.tolist(),
-            ranges.end_us.tolist(),
-            ranges.low.tolist(),
-            ranges.high.tolist(),
-            strict=True,
-        )
-    ]
 
 
 def merge_ranges(ranges: Iterable[TouchedRange]) -> list[TouchedRange]:

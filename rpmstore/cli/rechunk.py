@@ -1,8 +1,4 @@
-"""``rpmstore rechunk`` and ``rpmstore repartition``: argparse wiring and what they print.
-
-The command line stays the composition root: it hands in how to find the database URL; this
-module opens the one connection a run needs.
-"""
+"""``rpmstore rechunk`` and ``rpmstore repartition``: what they take and what they print."""
 
 from __future__ import annotations
 
@@ -14,21 +10,17 @@ from collections.abc import Callable
 
 import psycopg
 
-from retention.rechunk.engine import Options, Rechunker, RunReport
-from retention.rechunk.errors import RechunkError
+from jobs.rechunk import Options, Rechunker, RechunkError, RunReport
+from rpmstore import endpoints
+from rpmstore.cli.common import Subcommands, positive_float, positive_int, say
 from rpmstore.settings import Settings
 
-DatabaseUrl = Callable[[Settings], str]
 _ACTIONS = ("rollback", "finalize", "status")
 # Test hook only (tests/integration/test_rechunk.py): "between:N" or "inside:N" makes the
 # process stop for good after N committed batches (between two batches, or inside the N+1th
 # before its commit), so a test can SIGKILL it at a known point.
 _PAUSE_ENV = "RPMSTORE_RECHUNK_TEST_PAUSE"
 PAUSE_MARKER = "rechunk test pause reached"
-
-
-def _say(line: str = "") -> None:
-    sys.stdout.write(line + "\n")
 
 
 def _split_table(text: str) -> tuple[str, str]:
@@ -65,27 +57,27 @@ def _options(args: argparse.Namespace) -> Options:
 
 def _print_report(report: RunReport) -> None:
     target = ", ".join(d.describe() for d in report.target)
-    _say(f"run {report.run_id}: {report.kind} {report.table} -> {target}")
-    _say(
+    say(f"run {report.run_id}: {report.kind} {report.table} -> {target}")
+    say(
         f"copied {report.copied_rows} rows in {report.batches} batches from {report.chunks} "
         f"chunks; {report.verified_chunks} chunks verified (count and checksum)"
     )
-    _say("reconciliation (rows per UTC day):")
-    _say(f"  {'day':<10} {'old':>12} {'new':>12} {'difference':>10}")
+    say("reconciliation (rows per UTC day):")
+    say(f"  {'day':<10} {'old':>12} {'new':>12} {'difference':>10}")
     for day in report.reconciliation:
-        _say(f"  {day.day!s:<10} {day.old_rows:>12} {day.new_rows:>12} {day.difference:>10}")
+        say(f"  {day.day!s:<10} {day.old_rows:>12} {day.new_rows:>12} {day.difference:>10}")
     total_old = sum(d.old_rows for d in report.reconciliation)
     total_new = sum(d.new_rows for d in report.reconciliation)
-    _say(f"  {'total':<10} {total_old:>12} {total_new:>12} {total_new - total_old:>10}")
+    say(f"  {'total':<10} {total_old:>12} {total_new:>12} {total_new - total_old:>10}")
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
-    _say(f"timings: {timings}")
+    say(f"timings: {timings}")
     if report.state == "cut_over":
-        _say(
+        say(
             f"cut over: {report.table} is the new table; 'rpmstore rechunk rollback' restores "
             f"the old one until 'rpmstore rechunk finalize' drops it"
         )
     else:
-        _say("verified, not cut over (--no-cutover): run the command again without it")
+        say("verified, not cut over (--no-cutover): run the command again without it")
 
 
 def _connect(url: str) -> psycopg.Connection:
@@ -95,7 +87,7 @@ def _connect(url: str) -> psycopg.Connection:
 def _status(rechunker: Rechunker) -> None:
     runs = rechunker.runs()
     if not runs:
-        _say("no re-chunk runs")
+        say("no re-chunk runs")
     for run in runs:
         (run_id, kind, table, state, target, operator, started, cut_over, finalized) = run[:9]
         chunks, verified, copied = run[9:]
@@ -105,7 +97,7 @@ def _status(rechunker: Rechunker) -> None:
             else f"hash({d['column']}) into {d['partitions']}"
             for d in target
         )
-        _say(
+        say(
             f"run {run_id}: {kind} {table} -> {dims}: {state}; {copied} rows copied, "
             f"{verified}/{chunks} chunks verified; by {operator}, started {started:%Y-%m-%d %H:%M}"
             + (f", cut over {cut_over:%Y-%m-%d %H:%M}" if cut_over else "")
@@ -113,90 +105,66 @@ def _status(rechunker: Rechunker) -> None:
         )
 
 
-def _rechunk_handler(database_url: DatabaseUrl) -> Callable[[Settings, argparse.Namespace], int]:
-    def handle(settings: Settings, args: argparse.Namespace) -> int:
-        with _connect(database_url(settings)) as conn:
-            try:
-                rechunker = Rechunker(conn, options=_options(args))
-                if args.what == "status":
-                    _status(rechunker)
-                    return 0
-                if args.what in _ACTIONS:
-                    schema, name = _split_table(args.table or "readings")
-                    action = rechunker.rollback if args.what == "rollback" else rechunker.finalize
-                    _say(action(schema, name))
-                    return 0
-                if args.table is not None:
-                    _say(f"rpmstore: error: unexpected argument {args.table!r}")
-                    return 2
-                if not args.chunk_interval:
-                    _say("rpmstore: error: --chunk-interval is required (e.g. '1 day')")
-                    return 2
-                schema, name = _split_table(args.what)
-                _print_report(rechunker.rechunk(schema, name, chunk_interval=args.chunk_interval))
+def _rechunk(settings: Settings, args: argparse.Namespace) -> int:
+    with _connect(endpoints.database_url(settings)) as conn:
+        try:
+            rechunker = Rechunker(conn, options=_options(args))
+            if args.what == "status":
+                _status(rechunker)
                 return 0
-            except RechunkError as exc:
-                sys.stderr.write(f"rpmstore: error: {exc}\n")
-                return 2
-
-    return handle
-
-
-def _repartition_handler(
-    database_url: DatabaseUrl,
-) -> Callable[[Settings, argparse.Namespace], int]:
-    def handle(settings: Settings, args: argparse.Namespace) -> int:
-        with _connect(database_url(settings)) as conn:
-            try:
-                rechunker = Rechunker(conn, options=_options(args))
-                schema, name = _split_table(args.table)
-                report = rechunker.repartition(
-                    schema, name, partitions=args.partitions, column=args.column
-                )
-                _print_report(report)
+            if args.what in _ACTIONS:
+                schema, name = _split_table(args.table or "readings")
+                action = rechunker.rollback if args.what == "rollback" else rechunker.finalize
+                say(action(schema, name))
                 return 0
-            except RechunkError as exc:
-                sys.stderr.write(f"rpmstore: error: {exc}\n")
+            if args.table is not None:
+                say(f"rpmstore: error: unexpected argument {args.table!r}")
                 return 2
+            if not args.chunk_interval:
+                say("rpmstore: error: --chunk-interval is required (e.g. '1 day')")
+                return 2
+            schema, name = _split_table(args.what)
+            _print_report(rechunker.rechunk(schema, name, chunk_interval=args.chunk_interval))
+            return 0
+        except RechunkError as exc:
+            sys.stderr.write(f"rpmstore: error: {exc}\n")
+            return 2
 
-    return handle
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-    return value
+def _repartition(settings: Settings, args: argparse.Namespace) -> int:
+    with _connect(endpoints.database_url(settings)) as conn:
+        try:
+            rechunker = Rechunker(conn, options=_options(args))
+            schema, name = _split_table(args.table)
+            report = rechunker.repartition(
+                schema, name, partitions=args.partitions, column=args.column
+            )
+            _print_report(report)
+            return 0
+        except RechunkError as exc:
+            sys.stderr.write(f"rpmstore: error: {exc}\n")
+            return 2
 
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--batch-rows", type=_positive_int, default=50_000, metavar="N", help="rows per batch"
+        "--batch-rows", type=positive_int, default=50_000, metavar="N", help="rows per batch"
     )
     parser.add_argument(
         "--lock-timeout",
-        type=_positive_float,
+        type=positive_float,
         default=2.0,
         metavar="S",
         help="longest wait for the live table's lock at prepare and cutover (2 s)",
     )
-    parser.add_argument("--lock-attempts", type=_positive_int, default=30, metavar="N", help="(30)")
+    parser.add_argument("--lock-attempts", type=positive_int, default=30, metavar="N", help="(30)")
     parser.add_argument(
         "--no-cutover", action="store_true", help="copy and verify, but keep the old table live"
     )
 
 
-def add_commands(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], database_url: DatabaseUrl
-) -> None:
-    """Register ``rechunk`` and ``repartition``; ``database_url`` resolves the settings."""
+def register(commands: Subcommands) -> None:
+    """Register ``rechunk`` and ``repartition``."""
     rechunk = commands.add_parser(
         "rechunk",
         help="rewrite a hypertable's history with a new chunk interval (resumable, verified)",
@@ -207,18 +175,18 @@ def add_commands(
     rechunk.add_argument("table", nargs="?", metavar="TABLE", help="for rollback and finalize")
     rechunk.add_argument("--chunk-interval", metavar="INTERVAL", help="e.g. '1 day'")
     _run_options(rechunk)
-    rechunk.set_defaults(handler=_rechunk_handler(database_url))
+    rechunk.set_defaults(handler=_rechunk)
 
     repartition = commands.add_parser(
         "repartition",
         help="add or change a hypertable's hash (space) dimension, same machinery as rechunk",
     )
     repartition.add_argument("table", metavar="TABLE")
-    repartition.add_argument("--partitions", type=_positive_int, required=True, metavar="N")
+    repartition.add_argument("--partitions", type=positive_int, required=True, metavar="N")
     repartition.add_argument(
         "--column",
         default=None,
         help="column to hash (default: the current one, else the first column of the unique key)",
     )
     _run_options(repartition)
-    repartition.set_defaults(handler=_repartition_handler(database_url))
+    repartition.set_defaults(handler=_repartition)

@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from retention.rechunk.errors import RechunkRefusedError
+from jobs.rechunk.errors import RechunkRefusedError
 from schema.sql import queries
 
 

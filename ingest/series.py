@@ -1,4 +1,4 @@
-"""The series an ingest batch touched, reduced with numpy for the alert outbox.
+"""The series an ingest batch touched, reduced with numpy for the alert outbox and evaluator.
 
 For every (patient, metric) in a batch: the oldest and newest measurement time and the lowest
 and highest value. The group committer writes them to ``rpm.alert_outbox`` in the batch's own
@@ -9,12 +9,19 @@ which cost the ingesting process more CPU than decoding the readings did.
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ingest.store import ReadingColumns
+from alerting import TouchedRange, merge_ranges
+from ingest.store import ReadingColumns, ValidatedReading
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +87,63 @@ def series_ranges(columns: ReadingColumns) -> SeriesRanges:
         low=np.minimum.reduceat(value, starts),
         high=np.maximum.reduceat(value, starts),
     )
+
+
+def touched_ranges(
+    batches: Iterable[ReadingColumns | Iterable[ValidatedReading]],
+) -> list[TouchedRange]:
+    """One range per (patient, metric) over all readings of ``batches``.
+
+    Batches of columns (the ingest path) are reduced with numpy: converting them back to one
+    object per reading cost the ingest process more CPU than decoding and validating them.
+    """
+    # key -> [start, end, low, high]
+    ranges: dict[tuple[uuid.UUID, int], list[Any]] = {}
+    from_columns: list[TouchedRange] = []
+    for readings in batches:
+        if isinstance(readings, ReadingColumns):
+            from_columns.extend(_column_ranges(readings))
+            continue
+        for r in readings:
+            seen = ranges.get((r.patient_id, r.metric_id))
+            if seen is None:
+                ranges[(r.patient_id, r.metric_id)] = [
+                    r.measured_at,
+                    r.measured_at,
+                    r.value,
+                    r.value,
+                ]
+                continue
+            if r.measured_at < seen[0]:
+                seen[0] = r.measured_at
+            elif r.measured_at > seen[1]:
+                seen[1] = r.measured_at
+            if r.value < seen[2]:
+                seen[2] = r.value
+            elif r.value > seen[3]:
+                seen[3] = r.value
+    objects = [TouchedRange(p, m, *bounds) for (p, m), bounds in ranges.items()]
+    return merge_ranges([*objects, *from_columns]) if from_columns else objects
+
+
+def _column_ranges(columns: ReadingColumns) -> list[TouchedRange]:
+    ranges = series_ranges(columns)
+    return [
+        TouchedRange(
+            uuid.UUID(bytes=bytes(patient)),
+            metric_id,
+            _EPOCH + timedelta(microseconds=start),
+            _EPOCH + timedelta(microseconds=end),
+            low,
+            high,
+        )
+        for patient, metric_id, start, end, low, high in zip(
+            ranges.patient,
+            ranges.metric_id.tolist(),
+            ranges.start_us.tolist(),
+            ranges.end_us.tolist(),
+            ranges.low.tolist(),
+            ranges.high.tolist(),
+            strict=True,
+        )
+    ]

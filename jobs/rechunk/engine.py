@@ -37,8 +37,8 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
-from retention.rechunk import ddl
-from retention.rechunk.catalog import (
+from jobs.rechunk import ddl
+from jobs.rechunk.catalog import (
     Dimension,
     TableDefinition,
     check_partitioning,
@@ -48,7 +48,7 @@ from retention.rechunk.catalog import (
     refuse_dependents,
     source_chunks,
 )
-from retention.rechunk.errors import (
+from jobs.rechunk.errors import (
     LockBusyError,
     RechunkRefusedError,
     VerificationError,

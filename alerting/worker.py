@@ -2,7 +2,7 @@
 
 Every ingest batch writes the series it touched to ``rpm.alert_outbox`` in its own transaction
 (``ingest.committer``). The worker claims outbox batches, evaluates them and deletes them in
-one transaction (``ingest.alerting.outbox``): an evaluation is never lost, whatever stops when.
+one transaction (``alerting.outbox``): an evaluation is never lost, whatever stops when.
 A process SIGKILLed after an ingest COMMIT leaves the batch in the outbox, and the next worker
 to look (a restarted process, another ingestor, ``rpmstore alerts run`` or the sweep)
 evaluates it.
@@ -29,10 +29,10 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from ingest.alerting.evaluator import AlertEvaluator
-from ingest.alerting.metrics import AlertMetrics
-from ingest.alerting.outbox import OutboxPass, evaluate_outbox_once, park_outbox
-from ingest.alerting.sweep import sweep_missing_data
+from alerting.evaluator import AlertEvaluator
+from alerting.metrics import AlertMetrics
+from alerting.outbox import OutboxPass, evaluate_outbox_once, park_outbox
+from alerting.sweep import sweep_missing_data
 from schema.sql import queries
 
 log = logging.getLogger(__name__)

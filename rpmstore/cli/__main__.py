@@ -1,0 +1,5 @@
+import sys
+
+from rpmstore.cli import main
+
+sys.exit(main())

@@ -1,0 +1,97 @@
+"""``rpmstore serve`` (the HTTP API) and ``rpmstore token`` (sign a bearer token)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import uuid
+
+from api.auth import InsecureAuthConfigError
+from rpmstore.cli.common import Subcommands, say
+from rpmstore.clinician_demo import TokenSigner
+from rpmstore.settings import Settings
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn  # imported here: only this command needs the server
+
+    from api.app import create_app
+    from rpmstore.asgi import app_settings
+
+    role = args.role or settings.serve_role
+    if args.workers > 1:
+        # Separate processes (one group committer each) use more than one core for decoding
+        # and validation; they find the database the same way this process does.
+        app_settings(settings, role)  # fail here, once, if there is no database or no safe auth
+        # The workers read their settings from the environment they inherit.
+        os.environ["RPMSTORE_SERVE_ROLE"] = role
+        uvicorn.run(
+            "rpmstore.asgi:app",
+            factory=True,
+            workers=args.workers,
+            host=args.host,
+            port=args.port,
+            log_config=None,
+            access_log=False,
+        )
+        return 0
+    app = create_app(**app_settings(settings, role))
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+    return 0
+
+
+def token_signer(settings: Settings, *, lifetime_s: int = 3600) -> TokenSigner | None:
+    """Signs tokens with the API's own HS256 secret (None with an IdP's key pair)."""
+    from api.auth import issue_token
+    from rpmstore.asgi import auth_config
+
+    config = auth_config(settings)
+    if config.algorithm != "HS256":
+        return None
+    secret = settings.jwt_secret.get_secret_value()
+
+    def sign(subject: str, roles: list[str], teams: list[uuid.UUID]) -> str:
+        return issue_token(
+            config, secret, subject=subject, roles=roles, care_teams=teams, lifetime_s=lifetime_s
+        )
+
+    return sign
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    sign = token_signer(settings, lifetime_s=args.lifetime)
+    if sign is None:
+        raise InsecureAuthConfigError(
+            f"tokens signed with {settings.jwt_algorithm} come from your identity provider"
+        )
+    say(sign(args.subject, args.role, args.care_team))
+    return 0
+
+
+def register(commands: Subcommands) -> None:
+    serve = commands.add_parser("serve", help="run the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    serve.add_argument(
+        "--role",
+        choices=("all", "ingest", "api"),
+        default=None,
+        help="routes to serve: all (default; RPMSTORE_SERVE_ROLE), ingest (device POST "
+        "/v1/readings only) or api (clinician, admin, audit and FHIR routes only)",
+    )
+    serve.set_defaults(handler=_serve)
+
+
+def register_token(commands: Subcommands) -> None:
+    token = commands.add_parser(
+        "token",
+        help="sign a clinician/ops/admin bearer token with RPMSTORE_JWT_SECRET (HS256)",
+    )
+    token.add_argument("--subject", required=True, help="the user (sub claim)")
+    token.add_argument(
+        "--role", action="append", required=True, choices=["clinician", "ops", "admin"]
+    )
+    token.add_argument("--care-team", action="append", type=uuid.UUID, default=[])
+    token.add_argument("--lifetime", type=int, default=3600, help="seconds (default 3600)")
+    token.set_defaults(handler=_token)
