@@ -164,6 +164,30 @@ def _refresher_lock(conn: psycopg.Connection, *, wait: bool) -> Iterator[bool]:
             conn.execute(_q("unlock"), key)
 
 
+def _align_policies(
+    conn: psycopg.Connection, *, raw_horizon: timedelta, lag: timedelta
+) -> tuple[str, ...]:
+    """Give every refresh policy the settings' window; returns the aggregates changed."""
+    misaligned = conn.execute(
+        _q("misaligned_policies"), {"raw_horizon": raw_horizon, "lag": lag}
+    ).fetchall()
+    for view, schedule_interval in misaligned:
+        # Replaced, not altered (see remove_refresh_policy); one transaction, so the
+        # aggregate is never left without its policy.
+        with conn.transaction():
+            conn.execute(_q("remove_refresh_policy"), {"view": view})
+            conn.execute(
+                _q("add_refresh_policy"),
+                {
+                    "view": view,
+                    "start_offset": raw_horizon,
+                    "end_offset": lag,
+                    "schedule_interval": schedule_interval,
+                },
+            )
+    return tuple(str(view) for view, _ in misaligned)
+
+
 def _refresh_continuous_aggregates(
     conn: psycopg.Connection,
     threshold: datetime,
@@ -172,10 +196,7 @@ def _refresh_continuous_aggregates(
     raw_horizon: timedelta,
     lag: timedelta,
 ) -> RefreshReport:
-    aligned = tuple(
-        str(row[0])
-        for row in conn.execute(_q("align_policies"), {"raw_horizon": raw_horizon, "lag": lag})
-    )
+    aligned = _align_policies(conn, raw_horizon=raw_horizon, lag=lag)
     if aligned:
         log.info(
             "rollup refresh policies aligned with the settings",

@@ -131,11 +131,12 @@ ORDER BY c.mat_hypertable_id;
 -- the year 1 (-infinity would not load into Python).
 SELECT min(CASE WHEN j.config ->> 'start_offset' IS NULL THEN timestamptz '0001-01-01 00:00+00'
                 ELSE now() - (j.config ->> 'start_offset')::interval END)
-FROM timescaledb_information.continuous_aggregates c
+FROM _timescaledb_catalog.continuous_agg c
 JOIN timescaledb_information.jobs j
-  ON j.hypertable_schema = c.materialization_hypertable_schema
- AND j.hypertable_name = c.materialization_hypertable_name
-WHERE c.view_schema = 'rpm'
+  -- by the id in the policy's config: the jobs view's hypertable columns name the
+  -- materialisation hypertable before TimescaleDB 2.20 and the aggregate itself since.
+  ON (j.config ->> 'mat_hypertable_id')::integer = c.mat_hypertable_id
+WHERE c.user_view_schema = 'rpm'
   AND j.proc_name = 'policy_refresh_continuous_aggregate';
 
 -- name: cagg_pending_invalidations

@@ -238,19 +238,32 @@ FROM (
     WHERE user_view_schema = 'rpm' AND user_view_name = 'readings_1m'
 ) watermark;
 
--- name: align_policies
--- TSL edition: the refresh policies' windows follow the settings, so a policy never refreshes
--- buckets older than the raw horizon. Returns the policies it changed.
-SELECT c.view_name,
-       alter_job(j.job_id,
-                 config => j.config || jsonb_build_object('start_offset', %(raw_horizon)s::interval,
-                                                          'end_offset', %(lag)s::interval))
-FROM timescaledb_information.continuous_aggregates c
+-- name: misaligned_policies
+-- TSL edition: the refresh policies whose window does not follow the settings (a policy must
+-- never refresh buckets older than the raw horizon). A policy is found by the materialisation
+-- hypertable id in its config, not by the jobs view's hypertable columns: TimescaleDB 2.20
+-- changed those from the materialisation hypertable to the aggregate's own name, and a join on
+-- them silently matched nothing.
+SELECT quote_ident(c.user_view_schema) || '.' || quote_ident(c.user_view_name) AS view,
+       j.schedule_interval
+FROM _timescaledb_catalog.continuous_agg c
 JOIN timescaledb_information.jobs j
-  ON j.hypertable_schema = c.materialization_hypertable_schema
- AND j.hypertable_name = c.materialization_hypertable_name
-WHERE c.view_schema = 'rpm'
+  ON (j.config ->> 'mat_hypertable_id')::integer = c.mat_hypertable_id
+WHERE c.user_view_schema = 'rpm'
   AND j.proc_name = 'policy_refresh_continuous_aggregate'
   AND ((j.config ->> 'start_offset')::interval IS DISTINCT FROM %(raw_horizon)s::interval
        OR (j.config ->> 'end_offset')::interval IS DISTINCT FROM %(lag)s::interval)
-ORDER BY c.view_name;
+ORDER BY c.mat_hypertable_id;
+
+-- name: remove_refresh_policy
+-- With add_refresh_policy, in one transaction: how a policy's window is changed. alter_job
+-- cannot do it on TimescaleDB 2.22 for a hierarchical aggregate (1h, 1d): its overlap check
+-- counts the policy being altered and refuses ("multiple refresh policies are not supported").
+SELECT remove_continuous_aggregate_policy(%(view)s::regclass);
+
+-- name: add_refresh_policy
+-- The other options keep their defaults, as migration 0004 created the policies.
+SELECT add_continuous_aggregate_policy(%(view)s::regclass,
+                                       start_offset => %(start_offset)s::interval,
+                                       end_offset => %(end_offset)s::interval,
+                                       schedule_interval => %(schedule_interval)s::interval);

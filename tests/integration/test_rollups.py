@@ -531,3 +531,33 @@ def test_rollups_refresh_loop_stops_on_sigterm(db_url: str) -> None:
             assert loop.wait(timeout=60) == 0
         finally:
             loop.kill()
+
+
+def test_refresh_aligns_every_policy_and_retention_sees_their_window(
+    db_url: str, conn: psycopg.Connection
+) -> None:
+    """Each continuous aggregate's refresh policy is found and follows the settings.
+
+    TimescaleDB 2.20 changed which hypertable ``timescaledb_information.jobs`` names for a
+    refresh policy (the aggregate itself, not its materialisation hypertable); a lookup by
+    that name matched nothing, left the policies on their 30-day window and switched off
+    retention's guard for it (rolled-up history erased). Counted here without that join.
+    """
+    if not detect_edition(conn).continuous_aggregates:
+        pytest.skip("Apache edition: no continuous aggregates, so no refresh policies to find")
+    horizon = timedelta(days=10)
+    refresh(db_url, raw_horizon=horizon)
+    policies = conn.execute(
+        "SELECT count(*), count(*) FILTER (WHERE (config ->> 'start_offset')::interval = %s "
+        "AND (config ->> 'end_offset')::interval = %s) "
+        "FROM timescaledb_information.jobs "
+        "WHERE proc_name = 'policy_refresh_continuous_aggregate'",
+        (horizon, DEFAULT_LAG),
+    ).fetchone()
+    assert policies == (len(ROLLUP_WIDTHS), len(ROLLUP_WIDTHS))
+
+    with conn.transaction():  # one now() for both statements
+        window = conn.execute(queries("retention")["cagg_refresh_window_start"]).fetchone()
+        now = conn.execute("SELECT now()").fetchone()
+    assert window is not None and now is not None
+    assert window[0] == now[0] - horizon
