@@ -7,7 +7,10 @@ use the native one when present, else rpmstore's own equivalent.
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass
+from functools import cache
 from typing import Literal
 
 import psycopg
@@ -15,6 +18,14 @@ import psycopg
 from schema.sql import queries
 
 License = Literal["apache", "timescale"]
+
+# The TimescaleDB minor versions the suite runs on (Debian trixie's 2.19 with the Apache
+# edition, the compose pin 2.22 with the full one). Catalogue views change shape between
+# minors (2.20 renamed the hypertable a refresh policy reports), so a version outside the
+# range works only as far as nothing rpmstore reads has changed: it is logged, not refused.
+SUPPORTED_TIMESCALEDB = ((2, 19), (2, 22))
+
+log = logging.getLogger(__name__)
 
 
 class TimescaleMissingError(RuntimeError):
@@ -28,6 +39,11 @@ class Edition:
     postgres_version: str
 
     @property
+    def supported(self) -> bool:
+        """Whether the TimescaleDB version is one the suite is run on."""
+        return is_supported_version(self.timescaledb_version)
+
+    @property
     def continuous_aggregates(self) -> bool:
         return self.license == "timescale"
 
@@ -38,6 +54,29 @@ class Edition:
     @property
     def job_policies(self) -> bool:
         return self.license == "timescale"
+
+
+def is_supported_version(version: str) -> bool:
+    """``version`` as TimescaleDB reports it (``2.22.1``, ``2.23.0-dev``) is in range."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    if match is None:
+        return False
+    minor = (int(match[1]), int(match[2]))
+    lowest, highest = SUPPORTED_TIMESCALEDB
+    return lowest <= minor <= highest
+
+
+@cache
+def _warn_unsupported(version: str) -> None:
+    # Once per version and process: detect_edition runs on every refresh and retention run.
+    lowest, highest = SUPPORTED_TIMESCALEDB
+    log.warning(
+        "TimescaleDB version outside the tested range",
+        extra={
+            "timescaledb_version": version,
+            "supported": f"{lowest[0]}.{lowest[1]} to {highest[0]}.{highest[1]}",
+        },
+    )
 
 
 def parse_license(raw: str) -> License:
@@ -69,8 +108,11 @@ def edition_from_row(row: tuple[str | None, ...] | None) -> Edition:
             "TimescaleDB is installed but not preloaded: add timescaledb to "
             "shared_preload_libraries and restart PostgreSQL"
         )
-    return Edition(
+    edition = Edition(
         license=parse_license(row[0]),
         timescaledb_version=str(row[1]),
         postgres_version=str(row[2]),
     )
+    if not edition.supported:
+        _warn_unsupported(edition.timescaledb_version)
+    return edition
