@@ -92,19 +92,12 @@ def test_broker_passwd_prints_a_line_per_active_device(
     assert lines[0].split(":", 1)[1].startswith("$7$101$")
 
 
-def test_serve_with_several_worker_processes(db_url: str, api_db_url: str, tmp_path: Path) -> None:
-    """`rpmstore serve --workers 2` starts worker processes that each find the database."""
+def _serve_until_ready(args: list[str], env: dict[str, str], log: Path) -> dict[str, object]:
+    """Start ``rpmstore serve`` with ``args``, wait for /readyz, stop it; the readiness body."""
     port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": db_url,
-        "API_DATABASE_URL": api_db_url,
-        "MQTT_URL": "mqtt://unused@127.0.0.1:1",
-    }
-    log = tmp_path / "serve.log"
     with log.open("wb") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "rpmstore.cli", "serve", "--port", str(port), "--workers", "2"],
+            [sys.executable, "-m", "rpmstore.cli", "serve", "--port", str(port), *args],
             env=env,
             stdout=out,
             stderr=out,
@@ -119,8 +112,37 @@ def test_serve_with_several_worker_processes(db_url: str, api_db_url: str, tmp_p
                 assert server.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.2)
-        assert ready.status_code == 200
-        assert ready.json()["status"] == "ready"
+        assert ready.status_code == 200, ready.text
+        body: dict[str, object] = ready.json()
+        return body
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
+
+
+def test_serve_with_several_worker_processes(db_url: str, api_db_url: str, tmp_path: Path) -> None:
+    """`rpmstore serve --workers 2` starts worker processes that each find the database."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "API_DATABASE_URL": api_db_url,
+        "MQTT_URL": "mqtt://unused@127.0.0.1:1",
+    }
+    ready = _serve_until_ready(["--workers", "2"], env, tmp_path / "serve.log")
+    assert ready["status"] == "ready"
+
+
+@pytest.mark.parametrize("role", ["api", "ingest"])
+def test_a_production_role_needs_only_its_own_servers(
+    role: str, db_url: str, api_db_url: str, tmp_path: Path
+) -> None:
+    """`serve --role api` starts with DATABASE_URL and API_DATABASE_URL, `--role ingest` with
+    DATABASE_URL: no MQTT_URL, and an RPMSTORE_HOME where no local stack was ever started, so
+    neither can have gone through the development stack."""
+    env = {k: v for k, v in os.environ.items() if k not in {"MQTT_URL", "API_DATABASE_URL"}}
+    env |= {"DATABASE_URL": db_url, "RPMSTORE_HOME": str(tmp_path / "no-stack")}
+    if role == "api":
+        env["API_DATABASE_URL"] = api_db_url
+    ready = _serve_until_ready(["--role", role], env, tmp_path / "serve.log")
+    assert ready["status"] == "ready"
+    assert not (tmp_path / "no-stack").exists()
