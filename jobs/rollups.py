@@ -53,8 +53,13 @@ log = logging.getLogger(__name__)
 LOCK_OBJECT = 2  # pg_advisory_lock('RPMS', 2); the migration runner holds ('RPMS', 1)
 DEFAULT_RAW_HORIZON = timedelta(days=30)
 DEFAULT_LAG = timedelta(minutes=1)
-# A day-aligned horizon start and the 1-day level need at least two days between the two ends.
-MIN_WINDOW = timedelta(days=2)
+# TSL: a refresh policy recomputes from now() - (raw_horizon - POLICY_MARGIN), never earlier
+# than the refresher's day-aligned horizon start (the first UTC midnight after
+# now() - raw_horizon is at most a day later), so both editions materialize the same buckets:
+# one rule, nothing before the horizon start is recomputed.
+POLICY_MARGIN = timedelta(days=1)
+# The policy window must still span two 1-day buckets past the lag (TimescaleDB's minimum).
+MIN_WINDOW = POLICY_MARGIN + timedelta(days=2)
 
 
 def _q(name: str) -> str:
@@ -168,8 +173,9 @@ def _align_policies(
     conn: psycopg.Connection, *, raw_horizon: timedelta, lag: timedelta
 ) -> tuple[str, ...]:
     """Give every refresh policy the settings' window; returns the aggregates changed."""
+    start_offset = raw_horizon - POLICY_MARGIN
     misaligned = conn.execute(
-        _q("misaligned_policies"), {"raw_horizon": raw_horizon, "lag": lag}
+        _q("misaligned_policies"), {"start_offset": start_offset, "lag": lag}
     ).fetchall()
     for view, schedule_interval in misaligned:
         # Replaced, not altered (see remove_refresh_policy); one transaction, so the
@@ -180,7 +186,7 @@ def _align_policies(
                 _q("add_refresh_policy"),
                 {
                     "view": view,
-                    "start_offset": raw_horizon,
+                    "start_offset": start_offset,
                     "end_offset": lag,
                     "schedule_interval": schedule_interval,
                 },
@@ -202,7 +208,7 @@ def _refresh_continuous_aggregates(
             "rollup refresh policies aligned with the settings",
             extra={
                 "views": list(aligned),
-                "start_offset": str(raw_horizon),
+                "start_offset": str(raw_horizon - POLICY_MARGIN),
                 "end_offset": str(lag),
             },
         )

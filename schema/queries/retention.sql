@@ -124,13 +124,15 @@ WHERE c.user_view_schema = 'rpm'
 ORDER BY c.mat_hypertable_id;
 
 -- name: cagg_refresh_window_start
--- TSL edition: the earliest instant the rpm continuous aggregates' refresh policies recompute
--- (now() - start_offset; no start_offset: from the beginning). A raw row removed after it is an
--- invalidation the next refresh processes: the buckets are recomputed without the row, and its
--- rollups are gone. NULL when no refresh policy exists; "from the beginning" is reported as
--- the year 1 (-infinity would not load into Python).
+-- TSL edition: the earliest instant a refresh of the rpm continuous aggregates recomputes. A
+-- policy starts at now() - start_offset (no start_offset: from the beginning); `rollups
+-- refresh` at its day-aligned horizon start, up to a day earlier (jobs.rollups.POLICY_MARGIN:
+-- the policies start a day inside the raw horizon), hence the extra day. A raw row removed
+-- after it is an invalidation the next refresh processes: the buckets are recomputed without
+-- the row, and its rollups are gone. NULL when no refresh policy exists; "from the beginning"
+-- is reported as the year 1 (-infinity would not load into Python).
 SELECT min(CASE WHEN j.config ->> 'start_offset' IS NULL THEN timestamptz '0001-01-01 00:00+00'
-                ELSE now() - (j.config ->> 'start_offset')::interval END)
+                ELSE now() - (j.config ->> 'start_offset')::interval - interval '1 day' END)
 FROM _timescaledb_catalog.continuous_agg c
 JOIN timescaledb_information.jobs j
   -- by the id in the policy's config: the jobs view's hypertable columns name the

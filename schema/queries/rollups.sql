@@ -239,8 +239,9 @@ FROM (
 ) watermark;
 
 -- name: misaligned_policies
--- TSL edition: the refresh policies whose window does not follow the settings (a policy must
--- never refresh buckets older than the raw horizon). A policy is found by the materialisation
+-- TSL edition: the refresh policies whose window does not follow the settings (start_offset:
+-- the raw horizon less jobs.rollups.POLICY_MARGIN, so a policy never refreshes a bucket before
+-- the refresher's day-aligned horizon start). A policy is found by the materialisation
 -- hypertable id in its config, not by the jobs view's hypertable columns: TimescaleDB 2.20
 -- changed those from the materialisation hypertable to the aggregate's own name, and a join on
 -- them silently matched nothing.
@@ -251,7 +252,7 @@ JOIN timescaledb_information.jobs j
   ON (j.config ->> 'mat_hypertable_id')::integer = c.mat_hypertable_id
 WHERE c.user_view_schema = 'rpm'
   AND j.proc_name = 'policy_refresh_continuous_aggregate'
-  AND ((j.config ->> 'start_offset')::interval IS DISTINCT FROM %(raw_horizon)s::interval
+  AND ((j.config ->> 'start_offset')::interval IS DISTINCT FROM %(start_offset)s::interval
        OR (j.config ->> 'end_offset')::interval IS DISTINCT FROM %(lag)s::interval)
 ORDER BY c.mat_hypertable_id;
 

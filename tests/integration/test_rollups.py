@@ -33,13 +33,20 @@ from jobs.rollups import (
     DEFAULT_LAG,
     DEFAULT_RAW_HORIZON,
     LOCK_OBJECT,
+    POLICY_MARGIN,
     RefreshReport,
     refresh_rollups,
 )
 from rpmstore.cli import main
 from schema.edition import detect_edition
 from schema.migrate import LOCK_CLASS
-from schema.rollup_levels import ROLLUP_WIDTHS, bucket_count, choose_resolution
+from schema.rollup_levels import (
+    LEVELS,
+    ROLLUP_WIDTHS,
+    bucket_count,
+    choose_resolution,
+    floor_to_level,
+)
 from schema.sql import queries
 
 HEART_RATE, SPO2 = 1, 4
@@ -552,7 +559,7 @@ def test_refresh_aligns_every_policy_and_retention_sees_their_window(
         "AND (config ->> 'end_offset')::interval = %s) "
         "FROM timescaledb_information.jobs "
         "WHERE proc_name = 'policy_refresh_continuous_aggregate'",
-        (horizon, DEFAULT_LAG),
+        (horizon - POLICY_MARGIN, DEFAULT_LAG),
     ).fetchone()
     assert policies == (len(ROLLUP_WIDTHS), len(ROLLUP_WIDTHS))
 
@@ -561,3 +568,35 @@ def test_refresh_aligns_every_policy_and_retention_sees_their_window(
         now = conn.execute("SELECT now()").fetchone()
     assert window is not None and now is not None
     assert window[0] == now[0] - horizon
+
+
+def test_both_editions_leave_the_day_before_the_horizon_start_alone(
+    db_url: str, conn: psycopg.Connection
+) -> None:
+    """One rule on both editions: no refresh recomputes a bucket before the day-aligned horizon
+    start. A late reading between now() - raw_horizon and that midnight is stored but rolled up
+    by neither the refresher nor (TSL) a refresh policy, so the levels agree with each other
+    and the editions with each other there (on 912bc43 the TSL policies rolled it into 1m and
+    1h but not 1d)."""
+    horizon = timedelta(days=10)
+    patient = uuid.uuid4()
+    ingest(db_url, [reading(patient, HEART_RATE, BASE, 70.0)])
+    report = refresh(db_url, raw_horizon=horizon)
+    assert report.horizon_start is not None
+    late_at = report.horizon_start - timedelta(minutes=1)
+    ingest(db_url, [reading(patient, HEART_RATE, late_at, 99.0)])
+
+    if detect_edition(conn).continuous_aggregates:
+        jobs = conn.execute(
+            "SELECT job_id FROM timescaledb_information.jobs "
+            "WHERE proc_name = 'policy_refresh_continuous_aggregate' ORDER BY job_id"
+        ).fetchall()
+        assert len(jobs) == len(ROLLUP_WIDTHS)
+        for (job_id,) in jobs:  # 1m, 1h, 1d: each level refreshes from the one below
+            conn.execute("CALL run_job(%s)", (job_id,))
+    refresh(db_url, raw_horizon=horizon)
+
+    for level in LEVELS:
+        late_bucket = floor_to_level(late_at, level)
+        assert (patient, HEART_RATE, late_bucket) not in stored(conn, level), level
+    assert stored(conn, "1d")[(patient, HEART_RATE, BASE)].count == 1
