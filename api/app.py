@@ -29,6 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 from alerting import AlertingOptions
 from api.access import NotVisibleError, check_api_role
 from api.auth import AuthConfig
+from api.job_stats import TimescaleJobStats
 from api.routes import admin, alerts, audit, fhir, health, patients, readings
 from ingest import IngestLimits, open_ingest_runtime
 
@@ -71,6 +72,11 @@ def create_app(
         else None
     )
     registry = CollectorRegistry()
+    # The clinician API is the scrape target for database-side jobs (once per deployment:
+    # the ingest role leaves them out).
+    job_stats = TimescaleJobStats() if serves_api else None
+    if job_stats is not None:
+        registry.register(job_stats)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -136,6 +142,8 @@ def create_app(
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
+        if job_stats is not None:
+            await job_stats.refresh(pool)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
