@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from importlib.metadata import version
 from typing import Literal, get_args
 
 import psycopg
@@ -105,7 +106,8 @@ def create_app(
     app = FastAPI(
         title="rpmstore",
         summary="Remote patient monitoring store: device ingest and clinician API.",
-        version="0.2.0",
+        # The package's own version (pyproject.toml), not a second copy that drifts.
+        version=version("rpmstore"),
         lifespan=lifespan,
     )
     app.include_router(health.router)
