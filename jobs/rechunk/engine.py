@@ -396,7 +396,7 @@ class Rechunker:
     def _drop_triggers(self, on: sql.Identifier, names: ddl.Names) -> None:
         for trigger in (names.mirror_trigger, names.guard_trigger, names.guard_truncate_trigger):
             self._conn.execute(
-                sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), on)
+                sql.SQL(q("drop_trigger")).format(trigger=sql.Identifier(trigger), table=on)
             )
 
     def _add_chunks(self, table: TableDefinition, run: _Run) -> int:
@@ -614,8 +614,8 @@ class Rechunker:
                 if back:
                     old, new = new, old
                 self._conn.execute(
-                    sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
-                        on, sql.Identifier(old), sql.Identifier(new)
+                    sql.SQL(q("rename_constraint")).format(
+                        table=on, old_name=sql.Identifier(old), new_name=sql.Identifier(new)
                     )
                 )
         for index in table.indexes:
@@ -625,23 +625,21 @@ class Rechunker:
             if back:
                 old, new = new, old
             self._conn.execute(
-                sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-                    _identifier(table.schema, old), sql.Identifier(new)
+                sql.SQL(q("rename_index")).format(
+                    index=_identifier(table.schema, old), new_name=sql.Identifier(new)
                 )
             )
 
     def _rename_table(self, schema: str, old: str, new: str) -> None:
         self._conn.execute(
-            sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                _identifier(schema, old), sql.Identifier(new)
+            sql.SQL(q("rename_table")).format(
+                table=_identifier(schema, old), new_name=sql.Identifier(new)
             )
         )
 
     def _lock(self, *tables: sql.Identifier) -> None:
         self._lock_timeout()
-        self._conn.execute(
-            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.SQL(", ").join(tables))
-        )
+        self._conn.execute(sql.SQL(q("lock_tables")).format(tables=sql.SQL(", ").join(tables)))
 
     def _cutover(self, schema: str, name: str, run: _Run) -> None:
         conn = self._conn
@@ -656,7 +654,9 @@ class Rechunker:
             views = dependent_views(conn, table)
             self._drop_triggers(live, names)
             conn.execute(
-                sql.SQL("DROP FUNCTION {}()").format(_identifier(schema, names.to_new_function))
+                sql.SQL(q("drop_function")).format(
+                    function=_identifier(schema, names.to_new_function)
+                )
             )
             self._rename_indexes(table, live, names.retired, back=False)
             self._rename_table(schema, name, retired_name)
@@ -689,11 +689,11 @@ class Rechunker:
             self._lock(live, shadow)
             self._drop_triggers(live, names)
             self._conn.execute(
-                sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
-                    _identifier(schema, names.to_new_function)
+                sql.SQL(q("drop_function_if_exists")).format(
+                    function=_identifier(schema, names.to_new_function)
                 )
             )
-            self._conn.execute(sql.SQL("DROP TABLE {}").format(shadow))
+            self._conn.execute(sql.SQL(q("drop_table")).format(table=shadow))
             self._conn.execute(q("set_run_state"), {"run_id": run.run_id, "state": "rolled_back"})
 
     def _swap_back(self, schema: str, name: str, run: _Run) -> None:
@@ -708,7 +708,9 @@ class Rechunker:
             views = dependent_views(conn, table)
             self._drop_triggers(live, names)
             conn.execute(
-                sql.SQL("DROP FUNCTION {}()").format(_identifier(schema, names.to_old_function))
+                sql.SQL(q("drop_function")).format(
+                    function=_identifier(schema, names.to_old_function)
+                )
             )
             self._rename_indexes(table, live, names.shadow, back=False)
             self._rename_table(schema, name, shadow_name)
@@ -722,7 +724,7 @@ class Rechunker:
             for statement in ddl.replace_views(views):
                 conn.execute(statement)
             # Every row the new table received after the cutover was mirrored into the old one.
-            conn.execute(sql.SQL("DROP TABLE {}").format(_identifier(schema, shadow_name)))
+            conn.execute(sql.SQL(q("drop_table")).format(table=_identifier(schema, shadow_name)))
             conn.execute(q("set_run_state"), {"run_id": run.run_id, "state": "rolled_back"})
 
     def _drop_retired(self, schema: str, name: str, run: _Run) -> None:
@@ -733,9 +735,11 @@ class Rechunker:
             self._lock(live, retired)
             self._drop_triggers(live, names)
             self._conn.execute(
-                sql.SQL("DROP FUNCTION {}()").format(_identifier(schema, names.to_old_function))
+                sql.SQL(q("drop_function")).format(
+                    function=_identifier(schema, names.to_old_function)
+                )
             )
-            self._conn.execute(sql.SQL("DROP TABLE {}").format(retired))
+            self._conn.execute(sql.SQL(q("drop_table")).format(table=retired))
             self._conn.execute(q("set_run_state"), {"run_id": run.run_id, "state": "finalized"})
 
     # -- helpers -----------------------------------------------------------------------------
