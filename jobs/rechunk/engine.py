@@ -24,15 +24,11 @@ One run, every step resumable from the ledger (``rpm.rechunk_*``):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import date
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -48,78 +44,25 @@ from jobs.rechunk.catalog import (
     refuse_dependents,
     source_chunks,
 )
-from jobs.rechunk.errors import (
-    LockBusyError,
-    RechunkRefusedError,
-    VerificationError,
+from jobs.rechunk.errors import RechunkRefusedError, VerificationError
+from jobs.rechunk.ledger import Ledger
+from jobs.rechunk.locking import Locks
+from jobs.rechunk.mirror import drop_mirror_function, drop_triggers, install_guard, install_mirror
+from jobs.rechunk.model import (
+    DayCount,
+    Kind,
+    Options,
+    Run,
+    RunReport,
+    identifier,
+    operator_name,
 )
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["rechunk", "repartition"]
 # Rows per heap block when the chunk has never been analysed (a reading is about 110 bytes).
 _DEFAULT_ROWS_PER_BLOCK = 70.0
 _VERIFY_PASSES = 3
-
-
-@dataclass(frozen=True)
-class Options:
-    batch_rows: int = 50_000
-    lock_timeout_s: float = 2.0
-    lock_attempts: int = 30
-    cutover: bool = True
-    # Test hook: called with ("between" | "inside", batches committed so far in this process).
-    pause: Callable[[str, int], None] | None = None
-
-
-@dataclass(frozen=True)
-class DayCount:
-    day: date
-    old_rows: int
-    new_rows: int
-    difference: int
-
-
-@dataclass
-class RunReport:
-    run_id: int
-    table: str
-    kind: Kind
-    target: tuple[Dimension, ...]
-    state: str = "copying"
-    chunks: int = 0
-    copied_rows: int = 0
-    batches: int = 0
-    verified_chunks: int = 0
-    reconciliation: list[DayCount] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class _Run:
-    run_id: int
-    kind: str
-    target: tuple[Dimension, ...]
-    state: str
-
-    @property
-    def names(self) -> ddl.Names:
-        return ddl.Names(self.run_id)
-
-
-def operator_name() -> str:
-    import getpass
-    import socket
-
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
-
-
-def _identifier(schema: str, name: str) -> sql.Identifier:
-    return sql.Identifier(schema, name)
 
 
 class Rechunker:
@@ -132,7 +75,8 @@ class Rechunker:
             raise ValueError("the re-chunk needs an autocommit connection (it commits per batch)")
         self._conn = conn
         self._options = options or Options()
-        self._operator = operator or operator_name()
+        self._locks = Locks(conn, self._options)
+        self._ledger = Ledger(conn, operator or operator_name())
         self._batches_here = 0
         conn.execute(q("session"), {})
 
@@ -178,36 +122,35 @@ class Rechunker:
 
     def rollback(self, schema: str, name: str) -> str:
         """Give the old table back (before cutover: abandon the run; after: swap back)."""
-        with self._table_lock(schema, name):
-            run = self._active_run(schema, name)
+        with self._locks.table_lock(schema, name):
+            run = self._ledger.active_run(schema, name)
             if run is None:
                 raise RechunkRefusedError(f"no re-chunk of {schema}.{name} to roll back")
             if run.state == "copying":
-                self._with_lock_retries(lambda: self._abandon(schema, name, run))
+                self._locks.with_retries(lambda: self._abandon(schema, name, run))
             else:
-                self._with_lock_retries(lambda: self._swap_back(schema, name, run))
+                self._locks.with_retries(lambda: self._swap_back(schema, name, run))
             log.info("rolled back", extra={"run_id": run.run_id, "table": f"{schema}.{name}"})
             return f"run {run.run_id}: {schema}.{name} is the old table again"
 
     def finalize(self, schema: str, name: str) -> str:
         """Drop the old table after a cutover (the end of rollback's window)."""
-        with self._table_lock(schema, name):
-            run = self._active_run(schema, name)
+        with self._locks.table_lock(schema, name):
+            run = self._ledger.active_run(schema, name)
             if run is None or run.state != "cut_over":
                 raise RechunkRefusedError(
                     f"no cut-over re-chunk of {schema}.{name} to finalize"
                     + (f" (run {run.run_id} is still copying)" if run else "")
                 )
-            self._with_lock_retries(lambda: self._drop_retired(schema, name, run))
+            self._locks.with_retries(lambda: self._drop_retired(schema, name, run))
             log.info("finalized", extra={"run_id": run.run_id, "table": f"{schema}.{name}"})
             return f"run {run.run_id}: old table {schema}.{run.names.retired(name)} dropped"
 
     def runs(self) -> list[tuple[Any, ...]]:
-        return list(self._conn.execute(q("runs"), {}).fetchall())
+        return self._ledger.runs()
 
     def reconciliation(self, run_id: int) -> list[DayCount]:
-        rows = self._conn.execute(q("reconciliation"), {"run_id": run_id}).fetchall()
-        return [DayCount(*r) for r in rows]
+        return self._ledger.reconciliation(run_id)
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -218,15 +161,15 @@ class Rechunker:
         kind: Kind,
         target_of: Callable[[TableDefinition], tuple[Dimension, ...]],
     ) -> RunReport:
-        with self._table_lock(schema, name):
+        with self._locks.table_lock(schema, name):
             started = time.monotonic()
-            run = self._active_run(schema, name)
+            run = self._ledger.active_run(schema, name)
             with self._conn.transaction():
                 table = read_definition(self._conn, schema, name)
             target = target_of(table)
             if run is None:
                 self._check(table, target)
-                run = self._with_lock_retries(lambda: self._prepare(table, kind, target))
+                run = self._locks.with_retries(lambda: self._prepare(table, kind, target))
             elif run.state == "cut_over":
                 raise RechunkRefusedError(
                     f"run {run.run_id} already cut {schema}.{name} over: "
@@ -270,7 +213,7 @@ class Rechunker:
                 )
             if self._options.cutover:
                 phase = time.monotonic()
-                self._with_lock_retries(lambda: self._cutover(schema, name, run))
+                self._locks.with_retries(lambda: self._cutover(schema, name, run))
                 report.seconds["cutover"] = time.monotonic() - phase
                 report.state = "cut_over"
             report.seconds["total"] = time.monotonic() - started
@@ -289,35 +232,15 @@ class Rechunker:
         refuse_dependents(self._conn, table)
         check_partitioning(table, target)
 
-    def _prepare(self, table: TableDefinition, kind: Kind, target: Sequence[Dimension]) -> _Run:
+    def _prepare(self, table: TableDefinition, kind: Kind, target: Sequence[Dimension]) -> Run:
         conn = self._conn
         with conn.transaction():
-            self._lock_timeout()
-            row = conn.execute(
-                q("insert_run"),
-                {
-                    "kind": kind,
-                    "schema": table.schema,
-                    "name": table.name,
-                    "source_dimensions": json.dumps([d.as_json() for d in table.dimensions]),
-                    "target_dimensions": json.dumps([d.as_json() for d in target]),
-                    "operator": self._operator,
-                },
-            ).fetchone()
-            assert row is not None
-            run = _Run(int(row[0]), kind, tuple(target), "copying")
+            self._locks.lock_timeout()
+            run = self._ledger.open_run(table, kind, target)
             names = run.names
             shadow_name = names.shadow(table.name)
-            conn.execute(
-                q("name_run"),
-                {
-                    "run_id": run.run_id,
-                    "shadow_name": shadow_name,
-                    "retired_name": names.retired(table.name),
-                },
-            )
-            source = _identifier(table.schema, table.name)
-            shadow = _identifier(table.schema, shadow_name)
+            source = identifier(table.schema, table.name)
+            shadow = identifier(table.schema, shadow_name)
             for statement in ddl.create_table(table, shadow):
                 conn.execute(statement)
             shadow_text = self._qualified(table.schema, shadow_name)
@@ -341,9 +264,21 @@ class Rechunker:
             for statement in ddl.access(table, shadow, self._current_user()):
                 conn.execute(statement)
             # Last: these take the live table's lock (and each chunk's) until COMMIT.
-            self._mirror(table, source, shadow, names.to_new_function, names)
-            self._guard(source, names, f"{table.qualified} is being migrated (run {run.run_id})")
-            self._add_chunks(table, run)
+            install_mirror(
+                conn,
+                table,
+                on=source,
+                into=shadow,
+                function_name=names.to_new_function,
+                names=names,
+            )
+            install_guard(
+                conn,
+                on=source,
+                names=names,
+                message=f"{table.qualified} is being migrated (run {run.run_id})",
+            )
+            self._ledger.add_chunks(table, run)
         log.info(
             "prepared",
             extra={
@@ -355,74 +290,12 @@ class Rechunker:
         )
         return run
 
-    def _mirror(
-        self,
-        table: TableDefinition,
-        on: sql.Identifier,
-        into: sql.Identifier,
-        function_name: str,
-        names: ddl.Names,
-    ) -> None:
-        columns = sql.SQL(", ").join(sql.Identifier(c) for c in table.copy_columns)
-        parts = {
-            "function": _identifier(table.schema, function_name),
-            "target": into,
-            "columns": columns,
-            "values": sql.SQL(", ").join(sql.Identifier("new", c) for c in table.copy_columns),
-            "trigger": sql.Identifier(names.mirror_trigger),
-            "table": on,
-        }
-        try:
-            with self._conn.transaction():  # a savepoint, for the fallback
-                self._conn.execute(sql.SQL(q("mirror_function")).format(**parts))
-                self._conn.execute(sql.SQL(q("mirror_trigger")).format(**parts))
-        except psycopg.errors.FeatureNotSupported:
-            log.warning("no transition tables on hypertables here: mirroring row by row")
-            self._conn.execute(sql.SQL(q("mirror_row_function")).format(**parts))
-            self._conn.execute(sql.SQL(q("mirror_row_trigger")).format(**parts))
-
-    def _guard(self, on: sql.Identifier, names: ddl.Names, message: str) -> None:
-        for block, trigger in (
-            ("guard_row_trigger", names.guard_trigger),
-            ("guard_truncate_trigger", names.guard_truncate_trigger),
-        ):
-            self._conn.execute(
-                # DDL takes no parameters: the message goes in as a quoted literal.
-                sql.SQL(q(block)).format(
-                    trigger=sql.Identifier(trigger), table=on, message=sql.Literal(message)
-                )
-            )
-
-    def _drop_triggers(self, on: sql.Identifier, names: ddl.Names) -> None:
-        for trigger in (names.mirror_trigger, names.guard_trigger, names.guard_truncate_trigger):
-            self._conn.execute(
-                sql.SQL(q("drop_trigger")).format(trigger=sql.Identifier(trigger), table=on)
-            )
-
-    def _add_chunks(self, table: TableDefinition, run: _Run) -> int:
-        """Record source chunks the ledger does not know yet (new ones appear during a run)."""
-        added = 0
-        for chunk in source_chunks(self._conn, table):
-            cursor = self._conn.execute(
-                q("add_chunk"),
-                {
-                    "run_id": run.run_id,
-                    "chunk": chunk.name,
-                    "range_start": chunk.range_start,
-                    "range_end": chunk.range_end,
-                    "predicate": chunk.predicate,
-                    "operator": self._operator,
-                },
-            )
-            added += cursor.rowcount
-        return added
-
-    def _copy(self, table: TableDefinition, run: _Run, report: RunReport) -> None:
-        shadow = _identifier(table.schema, run.names.shadow(table.name))
+    def _copy(self, table: TableDefinition, run: Run, report: RunReport) -> None:
+        shadow = identifier(table.schema, run.names.shadow(table.name))
         columns = sql.SQL(", ").join(sql.Identifier(c) for c in table.copy_columns)
         while True:
             with self._conn.transaction():
-                self._add_chunks(table, run)
+                self._ledger.add_chunks(table, run)
             pending = self._conn.execute(q("chunks_to_copy"), {"run_id": run.run_id}).fetchall()
             if not pending:
                 return
@@ -440,7 +313,7 @@ class Rechunker:
 
     def _copy_chunk(
         self,
-        run: _Run,
+        run: Run,
         chunk: str,
         state: str,
         total_blocks: int | None,
@@ -498,10 +371,10 @@ class Rechunker:
         if self._options.pause is not None:
             self._options.pause(where, self._batches_here)
 
-    def _verify(self, table: TableDefinition, run: _Run, report: RunReport) -> bool:
+    def _verify(self, table: TableDefinition, run: Run, report: RunReport) -> bool:
         """Verify every copied chunk; False when one must be copied again."""
         conn = self._conn
-        shadow = _identifier(table.schema, run.names.shadow(table.name))
+        shadow = identifier(table.schema, run.names.shadow(table.name))
         row_expression = sql.SQL(", ").join(
             sql.Identifier("t", c.name)
             if c.hashable
@@ -543,7 +416,7 @@ class Rechunker:
                             "target_chunk": target_chunk,
                             "rows": rows,
                             "checksum": checksum,
-                            "operator": self._operator,
+                            "operator": self._ledger.operator,
                         },
                     )
                 outcome = conn.execute(
@@ -572,12 +445,12 @@ class Rechunker:
         if not all_good:
             return False
         with conn.transaction():
-            if self._add_chunks(table, run):
+            if self._ledger.add_chunks(table, run):
                 return False  # chunks created meanwhile: copy and verify them too
             conn.execute(q("run_verified"), {"run_id": run.run_id})
         return True
 
-    def _raise_mismatch(self, run: _Run) -> None:
+    def _raise_mismatch(self, run: Run) -> None:
         rows = self._conn.execute(q("mismatched_chunks"), {"run_id": run.run_id}).fetchall()
         listed = ", ".join(f"{c} (old {s}, new {t})" for c, s, t in rows) or (
             "chunks that kept appearing"
@@ -588,14 +461,14 @@ class Rechunker:
             f"a rewrite)? 'rechunk rollback' abandons the run"
         )
 
-    def _reconcile(self, table: TableDefinition, run: _Run) -> list[DayCount]:
+    def _reconcile(self, table: TableDefinition, run: Run) -> list[DayCount]:
         with self._conn.transaction():
             self._conn.execute(q("forget_reconciliation"), {"run_id": run.run_id})
             self._conn.execute(
                 sql.SQL(q("reconcile")).format(
                     time=sql.Identifier(table.time_dimension.column),
-                    source=_identifier(table.schema, table.name),
-                    target=_identifier(table.schema, run.names.shadow(table.name)),
+                    source=identifier(table.schema, table.name),
+                    target=identifier(table.schema, run.names.shadow(table.name)),
                 ),
                 {"run_id": run.run_id},
             )
@@ -626,41 +499,33 @@ class Rechunker:
                 old, new = new, old
             self._conn.execute(
                 sql.SQL(q("rename_index")).format(
-                    index=_identifier(table.schema, old), new_name=sql.Identifier(new)
+                    index=identifier(table.schema, old), new_name=sql.Identifier(new)
                 )
             )
 
     def _rename_table(self, schema: str, old: str, new: str) -> None:
         self._conn.execute(
             sql.SQL(q("rename_table")).format(
-                table=_identifier(schema, old), new_name=sql.Identifier(new)
+                table=identifier(schema, old), new_name=sql.Identifier(new)
             )
         )
 
-    def _lock(self, *tables: sql.Identifier) -> None:
-        self._lock_timeout()
-        self._conn.execute(sql.SQL(q("lock_tables")).format(tables=sql.SQL(", ").join(tables)))
-
-    def _cutover(self, schema: str, name: str, run: _Run) -> None:
+    def _cutover(self, schema: str, name: str, run: Run) -> None:
         conn = self._conn
         names = run.names
-        live = _identifier(schema, name)
+        live = identifier(schema, name)
         shadow_name, retired_name = names.shadow(name), names.retired(name)
         with conn.transaction():
-            self._lock(live, _identifier(schema, shadow_name))
+            self._locks.lock(live, identifier(schema, shadow_name))
             # Read again under the lock: what the new table must look like when it goes live.
             table = read_definition(conn, schema, name)
             refuse_dependents(conn, table)
             views = dependent_views(conn, table)
-            self._drop_triggers(live, names)
-            conn.execute(
-                sql.SQL(q("drop_function")).format(
-                    function=_identifier(schema, names.to_new_function)
-                )
-            )
+            drop_triggers(self._conn, on=live, names=names)
+            drop_mirror_function(conn, schema, names.to_new_function)
             self._rename_indexes(table, live, names.retired, back=False)
             self._rename_table(schema, name, retired_name)
-            self._rename_indexes(table, _identifier(schema, shadow_name), names.shadow, back=True)
+            self._rename_indexes(table, identifier(schema, shadow_name), names.shadow, back=True)
             self._rename_table(schema, shadow_name, name)
             for statement in ddl.own_sequences(table, live):
                 conn.execute(statement)
@@ -668,53 +533,48 @@ class Rechunker:
                 conn.execute(statement)
             for statement in ddl.replace_views(views):
                 conn.execute(statement)
-            retired = _identifier(schema, retired_name)
+            retired = identifier(schema, retired_name)
             for statement in ddl.drop_user_triggers(table, retired):
                 conn.execute(statement)
-            self._mirror(table, live, retired, names.to_old_function, names)
-            self._guard(
-                live,
-                names,
-                f"{table.qualified} was migrated by run {run.run_id} and the old table is "
-                f"kept for rollback",
+            install_mirror(
+                conn, table, on=live, into=retired, function_name=names.to_old_function, names=names
             )
-            conn.execute(q("set_run_state"), {"run_id": run.run_id, "state": "cut_over"})
+            install_guard(
+                conn,
+                on=live,
+                names=names,
+                message=f"{table.qualified} was migrated by run {run.run_id} and the old table "
+                f"is kept for rollback",
+            )
+            self._ledger.set_state(run, "cut_over")
         log.info("cut over", extra={"run_id": run.run_id, "table": f"{schema}.{name}"})
 
-    def _abandon(self, schema: str, name: str, run: _Run) -> None:
+    def _abandon(self, schema: str, name: str, run: Run) -> None:
         names = run.names
         with self._conn.transaction():
-            live = _identifier(schema, name)
-            shadow = _identifier(schema, names.shadow(name))
-            self._lock(live, shadow)
-            self._drop_triggers(live, names)
-            self._conn.execute(
-                sql.SQL(q("drop_function_if_exists")).format(
-                    function=_identifier(schema, names.to_new_function)
-                )
-            )
+            live = identifier(schema, name)
+            shadow = identifier(schema, names.shadow(name))
+            self._locks.lock(live, shadow)
+            drop_triggers(self._conn, on=live, names=names)
+            drop_mirror_function(self._conn, schema, names.to_new_function, if_exists=True)
             self._conn.execute(sql.SQL(q("drop_table")).format(table=shadow))
-            self._conn.execute(q("set_run_state"), {"run_id": run.run_id, "state": "rolled_back"})
+            self._ledger.set_state(run, "rolled_back")
 
-    def _swap_back(self, schema: str, name: str, run: _Run) -> None:
+    def _swap_back(self, schema: str, name: str, run: Run) -> None:
         conn = self._conn
         names = run.names
-        live = _identifier(schema, name)
+        live = identifier(schema, name)
         retired_name, shadow_name = names.retired(name), names.shadow(name)
         with conn.transaction():
-            self._lock(live, _identifier(schema, retired_name))
+            self._locks.lock(live, identifier(schema, retired_name))
             table = read_definition(conn, schema, name)
             refuse_dependents(conn, table)
             views = dependent_views(conn, table)
-            self._drop_triggers(live, names)
-            conn.execute(
-                sql.SQL(q("drop_function")).format(
-                    function=_identifier(schema, names.to_old_function)
-                )
-            )
+            drop_triggers(self._conn, on=live, names=names)
+            drop_mirror_function(conn, schema, names.to_old_function)
             self._rename_indexes(table, live, names.shadow, back=False)
             self._rename_table(schema, name, shadow_name)
-            retired = _identifier(schema, retired_name)
+            retired = identifier(schema, retired_name)
             self._rename_indexes(table, retired, names.retired, back=True)
             self._rename_table(schema, retired_name, name)
             for statement in ddl.own_sequences(table, live):
@@ -724,48 +584,21 @@ class Rechunker:
             for statement in ddl.replace_views(views):
                 conn.execute(statement)
             # Every row the new table received after the cutover was mirrored into the old one.
-            conn.execute(sql.SQL(q("drop_table")).format(table=_identifier(schema, shadow_name)))
-            conn.execute(q("set_run_state"), {"run_id": run.run_id, "state": "rolled_back"})
+            conn.execute(sql.SQL(q("drop_table")).format(table=identifier(schema, shadow_name)))
+            self._ledger.set_state(run, "rolled_back")
 
-    def _drop_retired(self, schema: str, name: str, run: _Run) -> None:
+    def _drop_retired(self, schema: str, name: str, run: Run) -> None:
         names = run.names
-        live = _identifier(schema, name)
-        retired = _identifier(schema, names.retired(name))
+        live = identifier(schema, name)
+        retired = identifier(schema, names.retired(name))
         with self._conn.transaction():
-            self._lock(live, retired)
-            self._drop_triggers(live, names)
-            self._conn.execute(
-                sql.SQL(q("drop_function")).format(
-                    function=_identifier(schema, names.to_old_function)
-                )
-            )
+            self._locks.lock(live, retired)
+            drop_triggers(self._conn, on=live, names=names)
+            drop_mirror_function(self._conn, schema, names.to_old_function)
             self._conn.execute(sql.SQL(q("drop_table")).format(table=retired))
-            self._conn.execute(q("set_run_state"), {"run_id": run.run_id, "state": "finalized"})
+            self._ledger.set_state(run, "finalized")
 
     # -- helpers -----------------------------------------------------------------------------
-
-    def _with_lock_retries(self, step: Callable[[], Any]) -> Any:
-        """Run a step that needs a short strong lock on the live table; on lock_timeout, back off
-        and try again, so ingest never waits behind it for more than lock_timeout."""
-        delay = 0.1
-        for attempt in range(1, self._options.lock_attempts + 1):
-            try:
-                return step()
-            except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
-                log.warning(
-                    "lock not granted, retrying",
-                    extra={"attempt": attempt, "sqlstate": exc.sqlstate, "delay_s": delay},
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        raise LockBusyError(
-            f"could not get a {self._options.lock_timeout_s:g}s lock on the table in "
-            f"{self._options.lock_attempts} attempts; the ledger is intact, run again later"
-        )
-
-    def _lock_timeout(self) -> None:
-        timeout = f"{round(self._options.lock_timeout_s * 1000)}ms"
-        self._conn.execute(q("local_lock_timeout"), {"timeout": timeout})
 
     def _qualified(self, schema: str, name: str) -> str:
         row = self._conn.execute(q("qualified_name"), {"schema": schema, "name": name}).fetchone()
@@ -776,28 +609,6 @@ class Rechunker:
         row = self._conn.execute(q("current_user"), {}).fetchone()
         assert row is not None
         return str(row[0])
-
-    def _active_run(self, schema: str, name: str) -> _Run | None:
-        row = self._conn.execute(q("active_run"), {"schema": schema, "name": name}).fetchone()
-        if row is None:
-            return None
-        run_id, kind, _shadow, _retired, _source, target, state = row
-        return _Run(int(run_id), kind, tuple(Dimension.from_json(d) for d in target), state)
-
-    @contextmanager
-    def _table_lock(self, schema: str, name: str) -> Iterator[None]:
-        table = f"{schema}.{name}"
-        self._conn.execute(q("session_lock_timeout"), {"timeout": "10s"})
-        try:
-            self._conn.execute(q("lock_table_runs"), {"table": table})
-        except psycopg.errors.LockNotAvailable:
-            raise RechunkRefusedError(f"another rechunk process is working on {table}") from None
-        finally:
-            self._conn.execute(q("session_lock_timeout"), {"timeout": "0"})
-        try:
-            yield
-        finally:
-            self._conn.execute(q("unlock_table_runs"), {"table": table})
 
 
 def _default_hash_column(table: TableDefinition) -> str:
