@@ -25,7 +25,6 @@ One run, every step resumable from the ledger (``rpm.rechunk_*``):
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -42,8 +41,8 @@ from jobs.rechunk.catalog import (
     q,
     read_definition,
     refuse_dependents,
-    source_chunks,
 )
+from jobs.rechunk.copy import Copier
 from jobs.rechunk.errors import RechunkRefusedError, VerificationError
 from jobs.rechunk.ledger import Ledger
 from jobs.rechunk.locking import Locks
@@ -57,12 +56,9 @@ from jobs.rechunk.model import (
     identifier,
     operator_name,
 )
+from jobs.rechunk.verify import VERIFY_PASSES, Verifier
 
 log = logging.getLogger(__name__)
-
-# Rows per heap block when the chunk has never been analysed (a reading is about 110 bytes).
-_DEFAULT_ROWS_PER_BLOCK = 70.0
-_VERIFY_PASSES = 3
 
 
 class Rechunker:
@@ -77,7 +73,9 @@ class Rechunker:
         self._options = options or Options()
         self._locks = Locks(conn, self._options)
         self._ledger = Ledger(conn, operator or operator_name())
-        self._batches_here = 0
+        # One copier for the connection's life: the pause hook counts batches per process.
+        self._copier = Copier(conn, self._options, self._ledger)
+        self._verifier = Verifier(conn, self._ledger)
         conn.execute(q("session"), {})
 
     # -- public commands ---------------------------------------------------------------------
@@ -187,22 +185,22 @@ class Rechunker:
             report.seconds["prepare"] = time.monotonic() - started
 
             phase = time.monotonic()
-            for _ in range(_VERIFY_PASSES):
-                self._copy(table, run, report)
+            for _ in range(VERIFY_PASSES):
+                self._copier.copy(table, run, report)
                 report.seconds["copy"] = report.seconds.get("copy", 0) + time.monotonic() - phase
                 phase = time.monotonic()
-                if self._verify(table, run, report):
+                if self._verifier.verify(table, run, report):
                     break
                 report.seconds["verify"] = (
                     report.seconds.get("verify", 0) + time.monotonic() - phase
                 )
                 phase = time.monotonic()
             else:
-                self._raise_mismatch(run)
+                self._verifier.raise_mismatch(run)
             report.seconds["verify"] = report.seconds.get("verify", 0) + time.monotonic() - phase
 
             phase = time.monotonic()
-            report.reconciliation = self._reconcile(table, run)
+            report.reconciliation = self._verifier.reconcile(table, run)
             report.seconds["reconcile"] = time.monotonic() - phase
             differing = [d for d in report.reconciliation if d.difference]
             if differing:
@@ -289,190 +287,6 @@ class Rechunker:
             },
         )
         return run
-
-    def _copy(self, table: TableDefinition, run: Run, report: RunReport) -> None:
-        shadow = identifier(table.schema, run.names.shadow(table.name))
-        columns = sql.SQL(", ").join(sql.Identifier(c) for c in table.copy_columns)
-        while True:
-            with self._conn.transaction():
-                self._ledger.add_chunks(table, run)
-            pending = self._conn.execute(q("chunks_to_copy"), {"run_id": run.run_id}).fetchall()
-            if not pending:
-                return
-            # Chunk names are used as SQL only when the catalogue vouches for them.
-            existing = {c.name for c in source_chunks(self._conn, table)}
-            for chunk, state, total_blocks, next_block in pending:
-                if chunk not in existing:
-                    raise VerificationError(
-                        f"run {run.run_id}: source chunk {chunk} was dropped during the run; "
-                        f"'rechunk rollback' abandons it"
-                    )
-                self._copy_chunk(
-                    run, chunk, state, total_blocks, next_block, shadow, columns, report
-                )
-
-    def _copy_chunk(
-        self,
-        run: Run,
-        chunk: str,
-        state: str,
-        total_blocks: int | None,
-        next_block: int,
-        shadow: sql.Identifier,
-        columns: sql.Composable,
-        report: RunReport,
-    ) -> None:
-        conn = self._conn
-        key = {"run_id": run.run_id, "chunk": chunk}
-        row = conn.execute(q("chunk_blocks"), {"chunk": chunk}).fetchone()
-        assert row is not None
-        blocks_now, rows_per_block = int(row[0]), row[1]
-        if state != "copying" or total_blocks is None:
-            # Every row committed before the dual write began lies below this block; rows
-            # added since were written to the new table by the trigger.
-            with conn.transaction():
-                conn.execute(q("start_chunk"), {**key, "total_blocks": blocks_now})
-            total_blocks, next_block = blocks_now, 0
-        step = max(
-            1, math.ceil(self._options.batch_rows / (rows_per_block or _DEFAULT_ROWS_PER_BLOCK))
-        )
-        parts = {"target": shadow, "columns": columns, "chunk": sql.SQL(chunk)}
-        fast = sql.SQL(q("copy_batch")).format(**parts)
-        merge = sql.SQL(q("merge_batch")).format(**parts)
-        merged = 0
-        while next_block < total_blocks:
-            last = min(total_blocks, next_block + step)
-            blocks = {"first": f"({next_block},0)", "last": f"({last},0)"}
-            with conn.transaction():
-                conn.execute(q("asynchronous_commit"), {})
-                try:
-                    with conn.transaction():  # a savepoint, for the fallback
-                        cursor = conn.execute(fast, blocks)
-                except psycopg.errors.UniqueViolation:
-                    cursor = conn.execute(merge, blocks)
-                    merged += 1
-                rows = max(cursor.rowcount, 0)
-                self._pause("inside")
-                conn.execute(q("advance_chunk"), {**key, "next_block": last, "rows": rows})
-            self._batches_here += 1
-            report.batches += 1
-            report.copied_rows += rows
-            self._pause("between")
-            next_block = last
-        with conn.transaction():
-            conn.execute(q("finish_chunk"), key)
-        report.chunks += 1
-        log.info(
-            "chunk copied",
-            extra={"run_id": run.run_id, "chunk": chunk, "merged_batches": merged},
-        )
-
-    def _pause(self, where: str) -> None:
-        if self._options.pause is not None:
-            self._options.pause(where, self._batches_here)
-
-    def _verify(self, table: TableDefinition, run: Run, report: RunReport) -> bool:
-        """Verify every copied chunk; False when one must be copied again."""
-        conn = self._conn
-        shadow = identifier(table.schema, run.names.shadow(table.name))
-        row_expression = sql.SQL(", ").join(
-            sql.Identifier("t", c.name)
-            if c.hashable
-            else sql.SQL("{}::text").format(sql.Identifier("t", c.name))
-            for c in table.columns
-            if c.generated == ""
-        )
-        all_good = True
-        # The predicate is read from the catalogue again, never taken back from a table as SQL.
-        predicates = {c.name: c.predicate for c in source_chunks(conn, table)}
-        for chunk, _recorded in conn.execute(
-            q("chunks_to_verify"), {"run_id": run.run_id}
-        ).fetchall():
-            key = {"run_id": run.run_id, "chunk": chunk}
-            if chunk not in predicates:
-                raise VerificationError(
-                    f"run {run.run_id}: source chunk {chunk} was dropped during the run; "
-                    f"'rechunk rollback' abandons it"
-                )
-            predicate = predicates[chunk]
-            with conn.transaction():
-                # One snapshot for both sides: the dual write keeps them equal in every one.
-                conn.execute(q("repeatable_read"))
-                source = conn.execute(
-                    sql.SQL(q("source_checksum")).format(row=row_expression, chunk=sql.SQL(chunk))
-                ).fetchone()
-                assert source is not None
-                lineage = conn.execute(
-                    sql.SQL(q("target_checksum")).format(
-                        row=row_expression, target=shadow, predicate=sql.SQL(predicate)
-                    )
-                ).fetchall()
-                conn.execute(q("forget_lineage"), key)
-                for target_chunk, rows, checksum in lineage:
-                    conn.execute(
-                        q("add_lineage"),
-                        {
-                            **key,
-                            "target_chunk": target_chunk,
-                            "rows": rows,
-                            "checksum": checksum,
-                            "operator": self._ledger.operator,
-                        },
-                    )
-                outcome = conn.execute(
-                    q("record_verification"),
-                    {
-                        **key,
-                        "source_rows": source[0],
-                        "source_checksum": source[1],
-                        "target_rows": sum(r[1] for r in lineage),
-                        "target_checksum": sum(r[2] for r in lineage),
-                    },
-                ).fetchone()
-            assert outcome is not None
-            if outcome[0] == "verified":
-                report.verified_chunks += 1
-            else:
-                all_good = False
-                log.warning(
-                    "chunk differs in the new table; copying it again",
-                    extra={
-                        **key,
-                        "source_rows": source[0],
-                        "target_rows": sum(r[1] for r in lineage),
-                    },
-                )
-        if not all_good:
-            return False
-        with conn.transaction():
-            if self._ledger.add_chunks(table, run):
-                return False  # chunks created meanwhile: copy and verify them too
-            conn.execute(q("run_verified"), {"run_id": run.run_id})
-        return True
-
-    def _raise_mismatch(self, run: Run) -> None:
-        rows = self._conn.execute(q("mismatched_chunks"), {"run_id": run.run_id}).fetchall()
-        listed = ", ".join(f"{c} (old {s}, new {t})" for c, s, t in rows) or (
-            "chunks that kept appearing"
-        )
-        raise VerificationError(
-            f"run {run.run_id}: the new table still differs after {_VERIFY_PASSES} copies of "
-            f"{listed}: no cutover. Was the live table changed outside ingest (drop_chunks, "
-            f"a rewrite)? 'rechunk rollback' abandons the run"
-        )
-
-    def _reconcile(self, table: TableDefinition, run: Run) -> list[DayCount]:
-        with self._conn.transaction():
-            self._conn.execute(q("forget_reconciliation"), {"run_id": run.run_id})
-            self._conn.execute(
-                sql.SQL(q("reconcile")).format(
-                    time=sql.Identifier(table.time_dimension.column),
-                    source=identifier(table.schema, table.name),
-                    target=identifier(table.schema, run.names.shadow(table.name)),
-                ),
-                {"run_id": run.run_id},
-            )
-        return self.reconciliation(run.run_id)
 
     # -- swaps -------------------------------------------------------------------------------
 
