@@ -4,13 +4,14 @@
 --partitions 4``; see :mod:`jobs.rechunk.engine` for the steps and their guarantees.
 """
 
-from jobs.rechunk.engine import DayCount, Options, Rechunker, RunReport
+from jobs.rechunk.engine import Rechunker
 from jobs.rechunk.errors import (
     LockBusyError,
     RechunkError,
     RechunkRefusedError,
     VerificationError,
 )
+from jobs.rechunk.model import DayCount, Options, RunReport
 
 __all__ = [
     "DayCount",

@@ -1,125 +1,56 @@
 """Rewrite a hypertable into a new one with other dimensions, without losing a row.
 
-One run, every step resumable from the ledger (``rpm.rechunk_*``):
+One run, every step resumable from the ledger (``rpm.rechunk_*``, :mod:`.ledger`); this module only
+orders the steps, each of which lives in its own module:
 
-1. *prepare* (one short transaction): a run row; the new table built as a faithful copy from
-   the catalogues under a temporary name; on the live table an AFTER INSERT trigger that
-   writes every new row into the new table in the same transaction (the dual write: statement
-   level with a transition table, so one INSERT ... SELECT per ingest statement; it fires for
-   COPY and for INSERT ... ON CONFLICT alike, only for rows really stored), and guards refusing
-   UPDATE/DELETE/TRUNCATE; the list of source chunks. Rows committed before this point are
+1. *prepare* (:mod:`.prepare`, :mod:`.mirror`; one short transaction): a run row; the new table
+   built as a faithful copy from the catalogues under a temporary name; on the live table an AFTER
+   INSERT trigger that writes every new row into the new table in the same transaction (the dual
+   write: statement level with a transition table, so one INSERT ... SELECT per ingest statement; it
+   fires for COPY and for INSERT ... ON CONFLICT alike, only for rows really stored), and guards
+   refusing UPDATE/DELETE/TRUNCATE; the list of source chunks. Rows committed before this point are
    copied; rows after it are dual-written.
-2. *copy*: per source chunk, ranges of heap blocks (TID range scans) inserted with
-   ``ON CONFLICT DO NOTHING`` (a dual-written row is simply skipped), each batch committed
-   with its ledger row, so a killed run resumes at the next block.
-3. *verify*: per source chunk, in one snapshot, the rows it holds and the rows the new table
-   holds under the chunk's own dimension constraints: count and an order-independent checksum
-   over every column; the new table's chunks and their share are the lineage.
-4. *reconcile*: rows per UTC day in both tables, one statement (one snapshot), stored.
-5. *cutover* (one transaction, short lock_timeout, retried): the triggers moved, indexes,
-   constraints and tables renamed, row-level security and user triggers switched on, and the
-   dual write reversed (new -> old) so that ``rollback`` stays lossless until ``finalize``
-   drops the old table.
+2. *copy* (:mod:`.copy`): per source chunk, ranges of heap blocks (TID range scans) inserted with
+   ``ON CONFLICT DO NOTHING`` (a dual-written row is simply skipped), each batch committed with its
+   ledger row, so a killed run resumes at the next block.
+3. *verify* (:mod:`.verify`): per source chunk, in one snapshot, the rows it holds and the rows the
+   new table holds under the chunk's own dimension constraints: count and an order-independent
+   checksum over every column; the new table's chunks and their share are the lineage.
+4. *reconcile* (:mod:`.verify`): rows per UTC day in both tables, one statement (one snapshot),
+   stored.
+5. *cutover* (:mod:`.swap`, :mod:`.locking`; one transaction, short lock_timeout, retried): the
+   triggers moved, indexes, constraints and tables renamed, row-level security and user triggers
+   switched on, and the dual write reversed (new -> old) so that ``rollback`` stays lossless until
+   ``finalize`` drops the old table.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import date
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any
 
 import psycopg
-from psycopg import sql
 
-from jobs.rechunk import ddl
-from jobs.rechunk.catalog import (
-    Dimension,
-    TableDefinition,
-    check_partitioning,
-    dependent_views,
-    q,
-    read_definition,
-    refuse_dependents,
-    source_chunks,
+from jobs.rechunk.catalog import Dimension, TableDefinition, q, read_definition
+from jobs.rechunk.copy import Copier
+from jobs.rechunk.errors import RechunkRefusedError, VerificationError
+from jobs.rechunk.ledger import Ledger
+from jobs.rechunk.locking import Locks
+from jobs.rechunk.model import (
+    DayCount,
+    Kind,
+    Options,
+    Run,
+    RunReport,
+    operator_name,
 )
-from jobs.rechunk.errors import (
-    LockBusyError,
-    RechunkRefusedError,
-    VerificationError,
-)
+from jobs.rechunk.prepare import check, prepare
+from jobs.rechunk.swap import Swaps
+from jobs.rechunk.verify import VERIFY_PASSES, Verifier
 
 log = logging.getLogger(__name__)
-
-Kind = Literal["rechunk", "repartition"]
-# Rows per heap block when the chunk has never been analysed (a reading is about 110 bytes).
-_DEFAULT_ROWS_PER_BLOCK = 70.0
-_VERIFY_PASSES = 3
-
-
-@dataclass(frozen=True)
-class Options:
-    batch_rows: int = 50_000
-    lock_timeout_s: float = 2.0
-    lock_attempts: int = 30
-    cutover: bool = True
-    # Test hook: called with ("between" | "inside", batches committed so far in this process).
-    pause: Callable[[str, int], None] | None = None
-
-
-@dataclass(frozen=True)
-class DayCount:
-    day: date
-    old_rows: int
-    new_rows: int
-    difference: int
-
-
-@dataclass
-class RunReport:
-    run_id: int
-    table: str
-    kind: Kind
-    target: tuple[Dimension, ...]
-    state: str = "copying"
-    chunks: int = 0
-    copied_rows: int = 0
-    batches: int = 0
-    verified_chunks: int = 0
-    reconciliation: list[DayCount] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class _Run:
-    run_id: int
-    kind: str
-    target: tuple[Dimension, ...]
-    state: str
-
-    @property
-    def names(self) -> ddl.Names:
-        return ddl.Names(self.run_id)
-
-
-def operator_name() -> str:
-    import getpass
-    import socket
-
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
-
-
-def _identifier(schema: str, name: str) -> sql.Identifier:
-    return sql.Identifier(schema, name)
 
 
 class Rechunker:
@@ -132,8 +63,12 @@ class Rechunker:
             raise ValueError("the re-chunk needs an autocommit connection (it commits per batch)")
         self._conn = conn
         self._options = options or Options()
-        self._operator = operator or operator_name()
-        self._batches_here = 0
+        self._locks = Locks(conn, self._options)
+        self._ledger = Ledger(conn, operator or operator_name())
+        # One copier for the connection's life: the pause hook counts batches per process.
+        self._copier = Copier(conn, self._options, self._ledger)
+        self._verifier = Verifier(conn, self._ledger)
+        self._swaps = Swaps(conn, self._locks, self._ledger)
         conn.execute(q("session"), {})
 
     # -- public commands ---------------------------------------------------------------------
@@ -178,36 +113,35 @@ class Rechunker:
 
     def rollback(self, schema: str, name: str) -> str:
         """Give the old table back (before cutover: abandon the run; after: swap back)."""
-        with self._table_lock(schema, name):
-            run = self._active_run(schema, name)
+        with self._locks.table_lock(schema, name):
+            run = self._ledger.active_run(schema, name)
             if run is None:
                 raise RechunkRefusedError(f"no re-chunk of {schema}.{name} to roll back")
             if run.state == "copying":
-                self._with_lock_retries(lambda: self._abandon(schema, name, run))
+                self._swaps.abandon(schema, name, run)
             else:
-                self._with_lock_retries(lambda: self._swap_back(schema, name, run))
+                self._swaps.swap(schema, name, run, "back")
             log.info("rolled back", extra={"run_id": run.run_id, "table": f"{schema}.{name}"})
             return f"run {run.run_id}: {schema}.{name} is the old table again"
 
     def finalize(self, schema: str, name: str) -> str:
         """Drop the old table after a cutover (the end of rollback's window)."""
-        with self._table_lock(schema, name):
-            run = self._active_run(schema, name)
+        with self._locks.table_lock(schema, name):
+            run = self._ledger.active_run(schema, name)
             if run is None or run.state != "cut_over":
                 raise RechunkRefusedError(
                     f"no cut-over re-chunk of {schema}.{name} to finalize"
                     + (f" (run {run.run_id} is still copying)" if run else "")
                 )
-            self._with_lock_retries(lambda: self._drop_retired(schema, name, run))
+            self._swaps.drop_retired(schema, name, run)
             log.info("finalized", extra={"run_id": run.run_id, "table": f"{schema}.{name}"})
             return f"run {run.run_id}: old table {schema}.{run.names.retired(name)} dropped"
 
     def runs(self) -> list[tuple[Any, ...]]:
-        return list(self._conn.execute(q("runs"), {}).fetchall())
+        return self._ledger.runs()
 
     def reconciliation(self, run_id: int) -> list[DayCount]:
-        rows = self._conn.execute(q("reconciliation"), {"run_id": run_id}).fetchall()
-        return [DayCount(*r) for r in rows]
+        return self._ledger.reconciliation(run_id)
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -218,48 +152,20 @@ class Rechunker:
         kind: Kind,
         target_of: Callable[[TableDefinition], tuple[Dimension, ...]],
     ) -> RunReport:
-        with self._table_lock(schema, name):
+        with self._locks.table_lock(schema, name):
             started = time.monotonic()
-            run = self._active_run(schema, name)
+            run = self._ledger.active_run(schema, name)
             with self._conn.transaction():
                 table = read_definition(self._conn, schema, name)
             target = target_of(table)
-            if run is None:
-                self._check(table, target)
-                run = self._with_lock_retries(lambda: self._prepare(table, kind, target))
-            elif run.state == "cut_over":
-                raise RechunkRefusedError(
-                    f"run {run.run_id} already cut {schema}.{name} over: "
-                    f"'rechunk finalize' drops the old table, 'rechunk rollback' restores it"
-                )
-            elif run.kind != kind or run.target != target:
-                raise RechunkRefusedError(
-                    f"run {run.run_id} is migrating {schema}.{name} to "
-                    f"{', '.join(d.describe() for d in run.target)}; finish it, or "
-                    f"'rechunk rollback' it first"
-                )
-            else:
-                log.info("resuming", extra={"run_id": run.run_id, "table": table.qualified})
+            run = self._prepare_or_resume(run, table, kind, target)
             report = RunReport(run.run_id, table.qualified, kind, target)
             report.seconds["prepare"] = time.monotonic() - started
 
-            phase = time.monotonic()
-            for _ in range(_VERIFY_PASSES):
-                self._copy(table, run, report)
-                report.seconds["copy"] = report.seconds.get("copy", 0) + time.monotonic() - phase
-                phase = time.monotonic()
-                if self._verify(table, run, report):
-                    break
-                report.seconds["verify"] = (
-                    report.seconds.get("verify", 0) + time.monotonic() - phase
-                )
-                phase = time.monotonic()
-            else:
-                self._raise_mismatch(run)
-            report.seconds["verify"] = report.seconds.get("verify", 0) + time.monotonic() - phase
+            self._copy_and_verify(table, run, report)
 
             phase = time.monotonic()
-            report.reconciliation = self._reconcile(table, run)
+            report.reconciliation = self._verifier.reconcile(table, run)
             report.seconds["reconcile"] = time.monotonic() - phase
             differing = [d for d in report.reconciliation if d.difference]
             if differing:
@@ -270,530 +176,59 @@ class Rechunker:
                 )
             if self._options.cutover:
                 phase = time.monotonic()
-                self._with_lock_retries(lambda: self._cutover(schema, name, run))
+                self._swaps.swap(schema, name, run, "cutover")
+                log.info("cut over", extra={"run_id": run.run_id, "table": f"{schema}.{name}"})
                 report.seconds["cutover"] = time.monotonic() - phase
                 report.state = "cut_over"
             report.seconds["total"] = time.monotonic() - started
             return report
 
-    def _check(self, table: TableDefinition, target: Sequence[Dimension]) -> None:
-        if table.compressed:
+    def _prepare_or_resume(
+        self, run: Run | None, table: TableDefinition, kind: Kind, target: tuple[Dimension, ...]
+    ) -> Run:
+        """A new run when none is active; else the active one, if it is this same migration."""
+        if run is None:
+            check(self._conn, table, target)
+            return prepare(
+                self._conn,
+                locks=self._locks,
+                ledger=self._ledger,
+                table=table,
+                kind=kind,
+                target=target,
+            )
+        if run.state == "cut_over":
             raise RechunkRefusedError(
-                f"{table.qualified} has compression enabled: decompress and disable it first"
+                f"run {run.run_id} already cut {table.qualified} over: "
+                f"'rechunk finalize' drops the old table, 'rechunk rollback' restores it"
             )
-        if tuple(target) == table.dimensions:
+        if run.kind != kind or run.target != target:
             raise RechunkRefusedError(
-                f"{table.qualified} already has "
-                f"{', '.join(d.describe() for d in table.dimensions)}: nothing to do"
+                f"run {run.run_id} is migrating {table.qualified} to "
+                f"{', '.join(d.describe() for d in run.target)}; finish it, or "
+                f"'rechunk rollback' it first"
             )
-        refuse_dependents(self._conn, table)
-        check_partitioning(table, target)
-
-    def _prepare(self, table: TableDefinition, kind: Kind, target: Sequence[Dimension]) -> _Run:
-        conn = self._conn
-        with conn.transaction():
-            self._lock_timeout()
-            row = conn.execute(
-                q("insert_run"),
-                {
-                    "kind": kind,
-                    "schema": table.schema,
-                    "name": table.name,
-                    "source_dimensions": json.dumps([d.as_json() for d in table.dimensions]),
-                    "target_dimensions": json.dumps([d.as_json() for d in target]),
-                    "operator": self._operator,
-                },
-            ).fetchone()
-            assert row is not None
-            run = _Run(int(row[0]), kind, tuple(target), "copying")
-            names = run.names
-            shadow_name = names.shadow(table.name)
-            conn.execute(
-                q("name_run"),
-                {
-                    "run_id": run.run_id,
-                    "shadow_name": shadow_name,
-                    "retired_name": names.retired(table.name),
-                },
-            )
-            source = _identifier(table.schema, table.name)
-            shadow = _identifier(table.schema, shadow_name)
-            for statement in ddl.create_table(table, shadow):
-                conn.execute(statement)
-            shadow_text = self._qualified(table.schema, shadow_name)
-            first, *others = target
-            conn.execute(
-                q("create_hypertable"),
-                {"table": shadow_text, "column": first.column, "interval": first.interval},
-            )
-            for dimension in others:
-                conn.execute(
-                    q("add_hash_dimension"),
-                    {
-                        "table": shadow_text,
-                        "column": dimension.column,
-                        "partitions": dimension.partitions,
-                    },
-                )
-            source_text = self._qualified(table.schema, table.name)
-            for statement in ddl.create_indexes(table, source_text, shadow, names):
-                conn.execute(statement)
-            for statement in ddl.access(table, shadow, self._current_user()):
-                conn.execute(statement)
-            # Last: these take the live table's lock (and each chunk's) until COMMIT.
-            self._mirror(table, source, shadow, names.to_new_function, names)
-            self._guard(source, names, f"{table.qualified} is being migrated (run {run.run_id})")
-            self._add_chunks(table, run)
-        log.info(
-            "prepared",
-            extra={
-                "run_id": run.run_id,
-                "table": table.qualified,
-                "shadow": shadow_name,
-                "target": [d.describe() for d in target],
-            },
-        )
+        log.info("resuming", extra={"run_id": run.run_id, "table": table.qualified})
         return run
 
-    def _mirror(
-        self,
-        table: TableDefinition,
-        on: sql.Identifier,
-        into: sql.Identifier,
-        function_name: str,
-        names: ddl.Names,
-    ) -> None:
-        columns = sql.SQL(", ").join(sql.Identifier(c) for c in table.copy_columns)
-        parts = {
-            "function": _identifier(table.schema, function_name),
-            "target": into,
-            "columns": columns,
-            "values": sql.SQL(", ").join(sql.Identifier("new", c) for c in table.copy_columns),
-            "trigger": sql.Identifier(names.mirror_trigger),
-            "table": on,
-        }
-        try:
-            with self._conn.transaction():  # a savepoint, for the fallback
-                self._conn.execute(sql.SQL(q("mirror_function")).format(**parts))
-                self._conn.execute(sql.SQL(q("mirror_trigger")).format(**parts))
-        except psycopg.errors.FeatureNotSupported:
-            log.warning("no transition tables on hypertables here: mirroring row by row")
-            self._conn.execute(sql.SQL(q("mirror_row_function")).format(**parts))
-            self._conn.execute(sql.SQL(q("mirror_row_trigger")).format(**parts))
-
-    def _guard(self, on: sql.Identifier, names: ddl.Names, message: str) -> None:
-        for block, trigger in (
-            ("guard_row_trigger", names.guard_trigger),
-            ("guard_truncate_trigger", names.guard_truncate_trigger),
-        ):
-            self._conn.execute(
-                # DDL takes no parameters: the message goes in as a quoted literal.
-                sql.SQL(q(block)).format(
-                    trigger=sql.Identifier(trigger), table=on, message=sql.Literal(message)
-                )
-            )
-
-    def _drop_triggers(self, on: sql.Identifier, names: ddl.Names) -> None:
-        for trigger in (names.mirror_trigger, names.guard_trigger, names.guard_truncate_trigger):
-            self._conn.execute(
-                sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), on)
-            )
-
-    def _add_chunks(self, table: TableDefinition, run: _Run) -> int:
-        """Record source chunks the ledger does not know yet (new ones appear during a run)."""
-        added = 0
-        for chunk in source_chunks(self._conn, table):
-            cursor = self._conn.execute(
-                q("add_chunk"),
-                {
-                    "run_id": run.run_id,
-                    "chunk": chunk.name,
-                    "range_start": chunk.range_start,
-                    "range_end": chunk.range_end,
-                    "predicate": chunk.predicate,
-                    "operator": self._operator,
-                },
-            )
-            added += cursor.rowcount
-        return added
-
-    def _copy(self, table: TableDefinition, run: _Run, report: RunReport) -> None:
-        shadow = _identifier(table.schema, run.names.shadow(table.name))
-        columns = sql.SQL(", ").join(sql.Identifier(c) for c in table.copy_columns)
-        while True:
-            with self._conn.transaction():
-                self._add_chunks(table, run)
-            pending = self._conn.execute(q("chunks_to_copy"), {"run_id": run.run_id}).fetchall()
-            if not pending:
+    def _copy_and_verify(self, table: TableDefinition, run: Run, report: RunReport) -> None:
+        """Copy, then verify; chunks that differ are copied again, VERIFY_PASSES times at most."""
+        phase = time.monotonic()
+        for _ in range(VERIFY_PASSES):
+            self._copier.copy(table, run, report)
+            phase = _spent(report, "copy", phase)
+            if self._verifier.verify(table, run, report):
+                _spent(report, "verify", phase)
                 return
-            # Chunk names are used as SQL only when the catalogue vouches for them.
-            existing = {c.name for c in source_chunks(self._conn, table)}
-            for chunk, state, total_blocks, next_block in pending:
-                if chunk not in existing:
-                    raise VerificationError(
-                        f"run {run.run_id}: source chunk {chunk} was dropped during the run; "
-                        f"'rechunk rollback' abandons it"
-                    )
-                self._copy_chunk(
-                    run, chunk, state, total_blocks, next_block, shadow, columns, report
-                )
+            phase = _spent(report, "verify", phase)
+        self._verifier.raise_mismatch(run)
 
-    def _copy_chunk(
-        self,
-        run: _Run,
-        chunk: str,
-        state: str,
-        total_blocks: int | None,
-        next_block: int,
-        shadow: sql.Identifier,
-        columns: sql.Composable,
-        report: RunReport,
-    ) -> None:
-        conn = self._conn
-        key = {"run_id": run.run_id, "chunk": chunk}
-        row = conn.execute(q("chunk_blocks"), {"chunk": chunk}).fetchone()
-        assert row is not None
-        blocks_now, rows_per_block = int(row[0]), row[1]
-        if state != "copying" or total_blocks is None:
-            # Every row committed before the dual write began lies below this block; rows
-            # added since were written to the new table by the trigger.
-            with conn.transaction():
-                conn.execute(q("start_chunk"), {**key, "total_blocks": blocks_now})
-            total_blocks, next_block = blocks_now, 0
-        step = max(
-            1, math.ceil(self._options.batch_rows / (rows_per_block or _DEFAULT_ROWS_PER_BLOCK))
-        )
-        parts = {"target": shadow, "columns": columns, "chunk": sql.SQL(chunk)}
-        fast = sql.SQL(q("copy_batch")).format(**parts)
-        merge = sql.SQL(q("merge_batch")).format(**parts)
-        merged = 0
-        while next_block < total_blocks:
-            last = min(total_blocks, next_block + step)
-            blocks = {"first": f"({next_block},0)", "last": f"({last},0)"}
-            with conn.transaction():
-                conn.execute(q("asynchronous_commit"), {})
-                try:
-                    with conn.transaction():  # a savepoint, for the fallback
-                        cursor = conn.execute(fast, blocks)
-                except psycopg.errors.UniqueViolation:
-                    cursor = conn.execute(merge, blocks)
-                    merged += 1
-                rows = max(cursor.rowcount, 0)
-                self._pause("inside")
-                conn.execute(q("advance_chunk"), {**key, "next_block": last, "rows": rows})
-            self._batches_here += 1
-            report.batches += 1
-            report.copied_rows += rows
-            self._pause("between")
-            next_block = last
-        with conn.transaction():
-            conn.execute(q("finish_chunk"), key)
-        report.chunks += 1
-        log.info(
-            "chunk copied",
-            extra={"run_id": run.run_id, "chunk": chunk, "merged_batches": merged},
-        )
 
-    def _pause(self, where: str) -> None:
-        if self._options.pause is not None:
-            self._options.pause(where, self._batches_here)
-
-    def _verify(self, table: TableDefinition, run: _Run, report: RunReport) -> bool:
-        """Verify every copied chunk; False when one must be copied again."""
-        conn = self._conn
-        shadow = _identifier(table.schema, run.names.shadow(table.name))
-        row_expression = sql.SQL(", ").join(
-            sql.Identifier("t", c.name)
-            if c.hashable
-            else sql.SQL("{}::text").format(sql.Identifier("t", c.name))
-            for c in table.columns
-            if c.generated == ""
-        )
-        all_good = True
-        # The predicate is read from the catalogue again, never taken back from a table as SQL.
-        predicates = {c.name: c.predicate for c in source_chunks(conn, table)}
-        for chunk, _recorded in conn.execute(
-            q("chunks_to_verify"), {"run_id": run.run_id}
-        ).fetchall():
-            key = {"run_id": run.run_id, "chunk": chunk}
-            if chunk not in predicates:
-                raise VerificationError(
-                    f"run {run.run_id}: source chunk {chunk} was dropped during the run; "
-                    f"'rechunk rollback' abandons it"
-                )
-            predicate = predicates[chunk]
-            with conn.transaction():
-                # One snapshot for both sides: the dual write keeps them equal in every one.
-                conn.execute(q("repeatable_read"))
-                source = conn.execute(
-                    sql.SQL(q("source_checksum")).format(row=row_expression, chunk=sql.SQL(chunk))
-                ).fetchone()
-                assert source is not None
-                lineage = conn.execute(
-                    sql.SQL(q("target_checksum")).format(
-                        row=row_expression, target=shadow, predicate=sql.SQL(predicate)
-                    )
-                ).fetchall()
-                conn.execute(q("forget_lineage"), key)
-                for target_chunk, rows, checksum in lineage:
-                    conn.execute(
-                        q("add_lineage"),
-                        {
-                            **key,
-                            "target_chunk": target_chunk,
-                            "rows": rows,
-                            "checksum": checksum,
-                            "operator": self._operator,
-                        },
-                    )
-                outcome = conn.execute(
-                    q("record_verification"),
-                    {
-                        **key,
-                        "source_rows": source[0],
-                        "source_checksum": source[1],
-                        "target_rows": sum(r[1] for r in lineage),
-                        "target_checksum": sum(r[2] for r in lineage),
-                    },
-                ).fetchone()
-            assert outcome is not None
-            if outcome[0] == "verified":
-                report.verified_chunks += 1
-            else:
-                all_good = False
-                log.warning(
-                    "chunk differs in the new table; copying it again",
-                    extra={
-                        **key,
-                        "source_rows": source[0],
-                        "target_rows": sum(r[1] for r in lineage),
-                    },
-                )
-        if not all_good:
-            return False
-        with conn.transaction():
-            if self._add_chunks(table, run):
-                return False  # chunks created meanwhile: copy and verify them too
-            conn.execute(q("run_verified"), {"run_id": run.run_id})
-        return True
-
-    def _raise_mismatch(self, run: _Run) -> None:
-        rows = self._conn.execute(q("mismatched_chunks"), {"run_id": run.run_id}).fetchall()
-        listed = ", ".join(f"{c} (old {s}, new {t})" for c, s, t in rows) or (
-            "chunks that kept appearing"
-        )
-        raise VerificationError(
-            f"run {run.run_id}: the new table still differs after {_VERIFY_PASSES} copies of "
-            f"{listed}: no cutover. Was the live table changed outside ingest (drop_chunks, "
-            f"a rewrite)? 'rechunk rollback' abandons the run"
-        )
-
-    def _reconcile(self, table: TableDefinition, run: _Run) -> list[DayCount]:
-        with self._conn.transaction():
-            self._conn.execute(q("forget_reconciliation"), {"run_id": run.run_id})
-            self._conn.execute(
-                sql.SQL(q("reconcile")).format(
-                    time=sql.Identifier(table.time_dimension.column),
-                    source=_identifier(table.schema, table.name),
-                    target=_identifier(table.schema, run.names.shadow(table.name)),
-                ),
-                {"run_id": run.run_id},
-            )
-        return self.reconciliation(run.run_id)
-
-    # -- swaps -------------------------------------------------------------------------------
-
-    def _rename_indexes(
-        self, table: TableDefinition, on: sql.Identifier, rename: Callable[[str], str], back: bool
-    ) -> None:
-        """Rename the indexes (and index-backed constraints) of ``on``: name -> rename(name),
-        or rename(name) -> name when ``back``."""
-        for constraint in table.constraints:
-            if constraint.index_backed:
-                old, new = constraint.name, rename(constraint.name)
-                if back:
-                    old, new = new, old
-                self._conn.execute(
-                    sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
-                        on, sql.Identifier(old), sql.Identifier(new)
-                    )
-                )
-        for index in table.indexes:
-            if index.constraint_backed:
-                continue
-            old, new = index.name, rename(index.name)
-            if back:
-                old, new = new, old
-            self._conn.execute(
-                sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-                    _identifier(table.schema, old), sql.Identifier(new)
-                )
-            )
-
-    def _rename_table(self, schema: str, old: str, new: str) -> None:
-        self._conn.execute(
-            sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                _identifier(schema, old), sql.Identifier(new)
-            )
-        )
-
-    def _lock(self, *tables: sql.Identifier) -> None:
-        self._lock_timeout()
-        self._conn.execute(
-            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.SQL(", ").join(tables))
-        )
-
-    def _cutover(self, schema: str, name: str, run: _Run) -> None:
-        conn = self._conn
-        names = run.names
-        live = _identifier(schema, name)
-        shadow_name, retired_name = names.shadow(name), names.retired(name)
-        with conn.transaction():
-            self._lock(live, _identifier(schema, shadow_name))
-            # Read again under the lock: what the new table must look like when it goes live.
-            table = read_definition(conn, schema, name)
-            refuse_dependents(conn, table)
-            views = dependent_views(conn, table)
-            self._drop_triggers(live, names)
-            conn.execute(
-                sql.SQL("DROP FUNCTION {}()").format(_identifier(schema, names.to_new_function))
-            )
-            self._rename_indexes(table, live, names.retired, back=False)
-            self._rename_table(schema, name, retired_name)
-            self._rename_indexes(table, _identifier(schema, shadow_name), names.shadow, back=True)
-            self._rename_table(schema, shadow_name, name)
-            for statement in ddl.own_sequences(table, live):
-                conn.execute(statement)
-            for statement in ddl.at_cutover(table, live, security=True):
-                conn.execute(statement)
-            for statement in ddl.replace_views(views):
-                conn.execute(statement)
-            retired = _identifier(schema, retired_name)
-            for statement in ddl.drop_user_triggers(table, retired):
-                conn.execute(statement)
-            self._mirror(table, live, retired, names.to_old_function, names)
-            self._guard(
-                live,
-                names,
-                f"{table.qualified} was migrated by run {run.run_id} and the old table is "
-                f"kept for rollback",
-            )
-            conn.execute(q("set_run_state"), {"run_id": run.run_id, "state": "cut_over"})
-        log.info("cut over", extra={"run_id": run.run_id, "table": f"{schema}.{name}"})
-
-    def _abandon(self, schema: str, name: str, run: _Run) -> None:
-        names = run.names
-        with self._conn.transaction():
-            live = _identifier(schema, name)
-            shadow = _identifier(schema, names.shadow(name))
-            self._lock(live, shadow)
-            self._drop_triggers(live, names)
-            self._conn.execute(
-                sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
-                    _identifier(schema, names.to_new_function)
-                )
-            )
-            self._conn.execute(sql.SQL("DROP TABLE {}").format(shadow))
-            self._conn.execute(q("set_run_state"), {"run_id": run.run_id, "state": "rolled_back"})
-
-    def _swap_back(self, schema: str, name: str, run: _Run) -> None:
-        conn = self._conn
-        names = run.names
-        live = _identifier(schema, name)
-        retired_name, shadow_name = names.retired(name), names.shadow(name)
-        with conn.transaction():
-            self._lock(live, _identifier(schema, retired_name))
-            table = read_definition(conn, schema, name)
-            refuse_dependents(conn, table)
-            views = dependent_views(conn, table)
-            self._drop_triggers(live, names)
-            conn.execute(
-                sql.SQL("DROP FUNCTION {}()").format(_identifier(schema, names.to_old_function))
-            )
-            self._rename_indexes(table, live, names.shadow, back=False)
-            self._rename_table(schema, name, shadow_name)
-            retired = _identifier(schema, retired_name)
-            self._rename_indexes(table, retired, names.retired, back=True)
-            self._rename_table(schema, retired_name, name)
-            for statement in ddl.own_sequences(table, live):
-                conn.execute(statement)
-            for statement in ddl.at_cutover(table, live, security=False):
-                conn.execute(statement)  # the user triggers, back on the old table
-            for statement in ddl.replace_views(views):
-                conn.execute(statement)
-            # Every row the new table received after the cutover was mirrored into the old one.
-            conn.execute(sql.SQL("DROP TABLE {}").format(_identifier(schema, shadow_name)))
-            conn.execute(q("set_run_state"), {"run_id": run.run_id, "state": "rolled_back"})
-
-    def _drop_retired(self, schema: str, name: str, run: _Run) -> None:
-        names = run.names
-        live = _identifier(schema, name)
-        retired = _identifier(schema, names.retired(name))
-        with self._conn.transaction():
-            self._lock(live, retired)
-            self._drop_triggers(live, names)
-            self._conn.execute(
-                sql.SQL("DROP FUNCTION {}()").format(_identifier(schema, names.to_old_function))
-            )
-            self._conn.execute(sql.SQL("DROP TABLE {}").format(retired))
-            self._conn.execute(q("set_run_state"), {"run_id": run.run_id, "state": "finalized"})
-
-    # -- helpers -----------------------------------------------------------------------------
-
-    def _with_lock_retries(self, step: Callable[[], Any]) -> Any:
-        """Run a step that needs a short strong lock on the live table; on lock_timeout, back off
-        and try again, so ingest never waits behind it for more than lock_timeout."""
-        delay = 0.1
-        for attempt in range(1, self._options.lock_attempts + 1):
-            try:
-                return step()
-            except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
-                log.warning(
-                    "lock not granted, retrying",
-                    extra={"attempt": attempt, "sqlstate": exc.sqlstate, "delay_s": delay},
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        raise LockBusyError(
-            f"could not get a {self._options.lock_timeout_s:g}s lock on the table in "
-            f"{self._options.lock_attempts} attempts; the ledger is intact, run again later"
-        )
-
-    def _lock_timeout(self) -> None:
-        timeout = f"{round(self._options.lock_timeout_s * 1000)}ms"
-        self._conn.execute(q("local_lock_timeout"), {"timeout": timeout})
-
-    def _qualified(self, schema: str, name: str) -> str:
-        row = self._conn.execute(q("qualified_name"), {"schema": schema, "name": name}).fetchone()
-        assert row is not None
-        return str(row[0])
-
-    def _current_user(self) -> str:
-        row = self._conn.execute(q("current_user"), {}).fetchone()
-        assert row is not None
-        return str(row[0])
-
-    def _active_run(self, schema: str, name: str) -> _Run | None:
-        row = self._conn.execute(q("active_run"), {"schema": schema, "name": name}).fetchone()
-        if row is None:
-            return None
-        run_id, kind, _shadow, _retired, _source, target, state = row
-        return _Run(int(run_id), kind, tuple(Dimension.from_json(d) for d in target), state)
-
-    @contextmanager
-    def _table_lock(self, schema: str, name: str) -> Iterator[None]:
-        table = f"{schema}.{name}"
-        self._conn.execute(q("session_lock_timeout"), {"timeout": "10s"})
-        try:
-            self._conn.execute(q("lock_table_runs"), {"table": table})
-        except psycopg.errors.LockNotAvailable:
-            raise RechunkRefusedError(f"another rechunk process is working on {table}") from None
-        finally:
-            self._conn.execute(q("session_lock_timeout"), {"timeout": "0"})
-        try:
-            yield
-        finally:
-            self._conn.execute(q("unlock_table_runs"), {"table": table})
+def _spent(report: RunReport, step: str, since: float) -> float:
+    """Add the time since ``since`` to ``step``'s total; the time now, for the next step."""
+    now = time.monotonic()
+    report.seconds[step] = report.seconds.get(step, 0) + now - since
+    return now
 
 
 def _default_hash_column(table: TableDefinition) -> str:

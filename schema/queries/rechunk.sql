@@ -287,6 +287,34 @@ CREATE TRIGGER {trigger} BEFORE TRUNCATE ON {table}
     FOR EACH STATEMENT EXECUTE FUNCTION rpm.rechunk_refuse_change({message});
 
 -- ---------------------------------------------------------------------------------------------
+-- Ending a dual write, locking, renaming and dropping tables (placeholders: identifiers only).
+-- ---------------------------------------------------------------------------------------------
+
+-- name: drop_trigger
+DROP TRIGGER IF EXISTS {trigger} ON {table};
+
+-- name: drop_function
+DROP FUNCTION {function}();
+
+-- name: drop_function_if_exists
+DROP FUNCTION IF EXISTS {function}();
+
+-- name: lock_tables
+LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE;
+
+-- name: rename_table
+ALTER TABLE {table} RENAME TO {new_name};
+
+-- name: rename_constraint
+ALTER TABLE {table} RENAME CONSTRAINT {old_name} TO {new_name};
+
+-- name: rename_index
+ALTER INDEX {index} RENAME TO {new_name};
+
+-- name: drop_table
+DROP TABLE {table};
+
+-- ---------------------------------------------------------------------------------------------
 -- Ledger.
 -- ---------------------------------------------------------------------------------------------
 

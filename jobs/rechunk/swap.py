@@ -1,0 +1,189 @@
+"""Step 5 and its undoing: the transactions that change which table carries the live name,
+and those that end a run by dropping the table no longer needed.
+
+``swap("cutover")`` puts the new table live and keeps the old one, mirrored, for rollback;
+``swap("back")`` undoes that exactly. Each step here is one transaction under a short ACCESS
+EXCLUSIVE lock on the live table, retried by :meth:`Locks.with_retries` while it is busy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import psycopg
+from psycopg import sql
+
+from jobs.rechunk import ddl
+from jobs.rechunk.catalog import (
+    TableDefinition,
+    dependent_views,
+    q,
+    read_definition,
+    refuse_dependents,
+)
+from jobs.rechunk.ledger import Ledger
+from jobs.rechunk.locking import Locks
+from jobs.rechunk.mirror import drop_mirror_function, drop_triggers, install_guard, install_mirror
+from jobs.rechunk.model import Run, identifier
+
+Direction = Literal["cutover", "back"]
+
+
+class Swaps:
+    """The run-ending transactions on one connection, each retried while its lock is busy."""
+
+    def __init__(self, conn: psycopg.Connection, locks: Locks, ledger: Ledger) -> None:
+        self._conn = conn
+        self._locks = locks
+        self._ledger = ledger
+
+    def swap(self, schema: str, name: str, run: Run, direction: Direction) -> None:
+        """Give the live name to the new table ("cutover") or back to the old one ("back")."""
+        self._locks.with_retries(lambda: self._swap(schema, name, run, direction))
+
+    def abandon(self, schema: str, name: str, run: Run) -> None:
+        """Before cutover: drop the dual write and the new table; the live table never changed."""
+        names = run.names
+        self._locks.with_retries(
+            lambda: self._drop(
+                schema,
+                name,
+                run,
+                table_name=names.shadow(name),
+                function_name=names.to_new_function,
+                # The way out of any run left half done: it does not insist on the function.
+                function_if_exists=True,
+                state="rolled_back",
+            )
+        )
+
+    def drop_retired(self, schema: str, name: str, run: Run) -> None:
+        """After cutover: drop the mirror into the old table, then the old table (no way back)."""
+        names = run.names
+        self._locks.with_retries(
+            lambda: self._drop(
+                schema,
+                name,
+                run,
+                table_name=names.retired(name),
+                function_name=names.to_old_function,
+                function_if_exists=False,
+                state="finalized",
+            )
+        )
+
+    def _swap(self, schema: str, name: str, run: Run, direction: Direction) -> None:
+        # The table going live carries the run's shadow name (cutover) or retired name (back);
+        # the live one takes the other of the two.
+        conn = self._conn
+        names = run.names
+        forward = direction == "cutover"
+        incoming, outgoing = (
+            (names.shadow, names.retired) if forward else (names.retired, names.shadow)
+        )
+        live = identifier(schema, name)
+        with conn.transaction():
+            self._locks.lock(live, identifier(schema, incoming(name)))
+            # Read again under the lock: what the table going live must look like.
+            table = read_definition(conn, schema, name)
+            refuse_dependents(conn, table)
+            views = dependent_views(conn, table)
+            drop_triggers(conn, on=live, names=names)
+            # The dual write into the table going live stops: it is the live one now.
+            drop_mirror_function(
+                conn, schema, names.to_new_function if forward else names.to_old_function
+            )
+            _rename(conn, table, old=_same, new=outgoing)
+            _rename(conn, table, old=incoming, new=_same)
+            # From here `live` names the table that went live, `kept` the one it replaced.
+            kept = identifier(schema, outgoing(name))
+            for statement in (
+                *ddl.own_sequences(table, live),
+                # Row-level security was never taken off the old table; its triggers were.
+                *ddl.at_cutover(table, live, security=forward),
+                *ddl.replace_views(views),
+            ):
+                conn.execute(statement)
+            if forward:
+                for statement in ddl.drop_user_triggers(table, kept):
+                    conn.execute(statement)
+                install_mirror(
+                    conn,
+                    table,
+                    on=live,
+                    into=kept,
+                    function_name=names.to_old_function,
+                    names=names,
+                )
+                install_guard(
+                    conn,
+                    on=live,
+                    names=names,
+                    message=f"{table.qualified} was migrated by run {run.run_id} and the old "
+                    f"table is kept for rollback",
+                )
+                self._ledger.set_state(run, "cut_over")
+            else:
+                # Every row the new table received after the cutover was mirrored into the old.
+                conn.execute(sql.SQL(q("drop_table")).format(table=kept))
+                self._ledger.set_state(run, "rolled_back")
+
+    def _drop(
+        self,
+        schema: str,
+        name: str,
+        run: Run,
+        *,
+        table_name: str,
+        function_name: str,
+        function_if_exists: bool,
+        state: str,
+    ) -> None:
+        """End the dual write into ``table_name`` and drop it, in one transaction."""
+        live = identifier(schema, name)
+        dropped = identifier(schema, table_name)
+        with self._conn.transaction():
+            self._locks.lock(live, dropped)
+            drop_triggers(self._conn, on=live, names=run.names)
+            drop_mirror_function(self._conn, schema, function_name, if_exists=function_if_exists)
+            self._conn.execute(sql.SQL(q("drop_table")).format(table=dropped))
+            self._ledger.set_state(run, state)
+
+
+def _same(name: str) -> str:
+    return name
+
+
+def _rename(
+    conn: psycopg.Connection,
+    table: TableDefinition,
+    *,
+    old: Callable[[str], str],
+    new: Callable[[str], str],
+) -> None:
+    """Rename a table, its indexes and its index-backed constraints from old(x) to new(x), x
+    being the live table's name for each: the two tables of a run trade names this way."""
+    schema = table.schema
+    on = identifier(schema, old(table.name))
+    for constraint in table.constraints:
+        if constraint.index_backed:
+            conn.execute(
+                sql.SQL(q("rename_constraint")).format(
+                    table=on,
+                    old_name=sql.Identifier(old(constraint.name)),
+                    new_name=sql.Identifier(new(constraint.name)),
+                )
+            )
+    for index in table.indexes:
+        if index.constraint_backed:
+            continue
+        conn.execute(
+            sql.SQL(q("rename_index")).format(
+                index=identifier(schema, old(index.name)),
+                new_name=sql.Identifier(new(index.name)),
+            )
+        )
+    conn.execute(
+        sql.SQL(q("rename_table")).format(table=on, new_name=sql.Identifier(new(table.name)))
+    )
