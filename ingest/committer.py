@@ -43,6 +43,7 @@ from ingest.store import (
     epoch_us,
     ingestor_name,
 )
+from schema.errors import ErrorKind, classify, sqlstate
 from schema.sql import queries
 
 log = logging.getLogger(__name__)
@@ -59,28 +60,11 @@ _QUARANTINE_COLUMNS = (
     "topic",
     "batch_id",
 )
-# Errors after which the same batch is retried: the server or the network went away.
-RETRYABLE_DATABASE_ERRORS = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    # Raised by a pooled connection whose server vanished mid-operation.
-    asyncpg.exceptions.InternalClientError,
-)
 ACCEPTED_SYNCHRONOUS_COMMIT = ("on", "remote_apply")
 # Optional post-commit hook (the in-process alert worker): called after each committed batch's
 # callers were answered, to say the alert outbox has work. It must return at once, never raise.
 PostCommitHook = Callable[[], None]
 _NO_OUTBOX_ROW = (None,) * 6
-
-
-def _refuses_the_data(error: asyncpg.PostgresError) -> bool:
-    """SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation)."""
-    return str(error.sqlstate)[:2] in ("22", "23")
 
 
 class DatabaseUnavailableError(RuntimeError):
@@ -348,35 +332,36 @@ class GroupCommitter:
         while True:
             try:
                 return await self._commit(batch)
-            except asyncpg.PostgresError as exc:
-                if _refuses_the_data(exc) and not isinstance(exc, RETRYABLE_DATABASE_ERRORS):
+            except Exception as exc:
+                kind = classify(exc)
+                if kind is ErrorKind.DATA:
                     # Validation should have caught this. Isolate the request the database
                     # refused so the rest of the batch is stored and the refused readings are
                     # quarantined: never retried forever (a poison message), never dropped.
                     return await self._isolate(batch, exc)
-                # Anything else (deadlock, too many connections, disk full, read-only after a
-                # failover...) says nothing about the data: wait and try the same batch again.
-                log.warning(
-                    "database error, retrying ingest batch in %.2fs: %s",
+                code = sqlstate(exc)
+                if kind is ErrorKind.DEFECT and code is None:
+                    raise  # a defect in this process, not an answer from the database
+                # Transient, or the database refusing for a reason unrelated to the data (a
+                # missing privilege, a read-only standby after a failover): the callers are
+                # answered only once their readings are durable, so the batch waits for the
+                # cause to go away rather than failing or quarantining valid readings.
+                log.log(
+                    logging.WARNING if kind is ErrorKind.TRANSIENT else logging.ERROR,
+                    "database %s error, retrying ingest batch in %.2fs: %s",
+                    kind,
                     backoff,
                     exc,
-                    extra={"sqlstate": exc.sqlstate, "requests": len(batch)},
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff_s)
-            except RETRYABLE_DATABASE_ERRORS as exc:
-                log.warning(
-                    "database unavailable, retrying ingest batch in %.2fs: %s",
-                    backoff,
-                    exc,
-                    extra={"requests": len(batch), "rows": sum(p.rows for p in batch)},
+                    extra={
+                        "sqlstate": code,
+                        "requests": len(batch),
+                        "rows": sum(p.rows for p in batch),
+                    },
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff_s)
 
-    async def _isolate(
-        self, batch: list[_Pending], error: asyncpg.PostgresError
-    ) -> list[IngestOutcome]:
+    async def _isolate(self, batch: list[_Pending], error: Exception) -> list[IngestOutcome]:
         if len(batch) > 1:
             return [(await self._commit_with_retry([pending]))[0] for pending in batch]
         request = batch[0].request
@@ -387,11 +372,12 @@ class GroupCommitter:
         log.warning(
             "database refused a validated request; quarantining its readings: %s",
             error,
-            extra={"sqlstate": error.sqlstate, "readings": len(request.columns)},
+            extra={"sqlstate": sqlstate(error), "readings": len(request.columns)},
         )
+        code = sqlstate(error) or type(error).__name__  # a driver-side refusal has no SQLSTATE
         # One entry per payload position (a blood-pressure panel is two readings, one entry).
         refused = tuple(
-            QuarantineEntry("rejected_by_database", f"{error.sqlstate}: {error}", index)
+            QuarantineEntry("rejected_by_database", f"{code}: {error}", index)
             for index in dict.fromkeys(request.reading_indexes)
         )
         fallback = replace(
