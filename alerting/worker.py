@@ -1,7 +1,7 @@
 """Alert evaluation after ingest commits, off the acknowledgement path, from the outbox.
 
 Every ingest batch writes the series it touched to ``rpm.alert_outbox`` in its own transaction
-(``ingest.committer``). The worker claims outbox batches, evaluates them and deletes them in
+(``ingest.batch_writer``). The worker claims outbox batches, evaluates them and deletes them in
 one transaction (``alerting.outbox``): an evaluation is never lost, whatever stops when.
 A process SIGKILLed after an ingest COMMIT leaves the batch in the outbox, and the next worker
 to look (a restarted process, another ingestor, ``rpmstore alerts run`` or the sweep)

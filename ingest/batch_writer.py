@@ -5,7 +5,7 @@ Exactly-once storage under at-least-once delivery: the readings hypertable's nat
 COPYed straight into the hypertable; a batch holding a reading that is already stored rolls
 back and goes the merge path, which stages the batch, inserts what is new and classifies the
 rest (``ingest.outcomes``). What to do when a transaction fails is the caller's business
-(``ingest.committer``): nothing here retries.
+(``ingest.retrying``): nothing here retries.
 """
 
 from __future__ import annotations
