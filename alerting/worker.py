@@ -1,7 +1,7 @@
 """Alert evaluation after ingest commits, off the acknowledgement path, from the outbox.
 
 Every ingest batch writes the series it touched to ``rpm.alert_outbox`` in its own transaction
-(``ingest.committer``). The worker claims outbox batches, evaluates them and deletes them in
+(``ingest.batch_writer``). The worker claims outbox batches, evaluates them and deletes them in
 one transaction (``alerting.outbox``): an evaluation is never lost, whatever stops when.
 A process SIGKILLed after an ingest COMMIT leaves the batch in the outbox, and the next worker
 to look (a restarted process, another ingestor, ``rpmstore alerts run`` or the sweep)
@@ -33,24 +33,10 @@ from alerting.evaluator import AlertEvaluator
 from alerting.metrics import AlertMetrics
 from alerting.outbox import OutboxPass, evaluate_outbox_once, park_outbox
 from alerting.sweep import sweep_missing_data
+from schema.errors import is_transient
 from schema.sql import queries
 
 log = logging.getLogger(__name__)
-
-# Not about the data: wait and retry (the batches stay in the outbox meanwhile).
-_TRANSIENT_ERRORS = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.exceptions.InternalClientError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-    asyncpg.TooManyConnectionsError,
-)
 
 
 @dataclass(frozen=True)
@@ -171,13 +157,17 @@ class AlertWorker:
                 self._record(done, time.monotonic() - started)
                 backoff, attempts = 0.05, 0
                 continue
-            except _TRANSIENT_ERRORS as exc:
-                await self._release()
-                if self._metrics:
-                    self._metrics.failures.labels("transient").inc()
-                log.warning("alert evaluation failed, retrying in %.2fs: %s", backoff, exc)
             except Exception as exc:
                 await self._release()
+                if is_transient(exc):
+                    # Not about these batches: wait and retry, however long it lasts (they stay
+                    # in the outbox meanwhile), without counting towards parking them.
+                    if self._metrics:
+                        self._metrics.failures.labels("transient").inc()
+                    log.warning("alert evaluation failed, retrying in %.2fs: %s", backoff, exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self._max_backoff_s)
+                    continue
                 attempts += 1
                 if self._metrics:
                     self._metrics.failures.labels("error").inc()

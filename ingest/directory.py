@@ -19,9 +19,10 @@ import uuid
 import asyncpg
 
 from ingest.catalogue import Catalogue, MetricSpec, UnitConversion
-from ingest.committer import RETRYABLE_DATABASE_ERRORS, DatabaseUnavailableError
+from ingest.committer import DatabaseUnavailableError
 from ingest.devices import Assignment, DeviceContext
 from schema.credentials import hash_device_token
+from schema.errors import is_transient
 from schema.sql import queries
 
 log = logging.getLogger(__name__)
@@ -129,8 +130,11 @@ class DeviceDirectory:
             async with self._pool.acquire() as conn:
                 row: asyncpg.Record | None = await conn.fetchrow(self._q[query], key)
                 return row
-        except (*RETRYABLE_DATABASE_ERRORS, asyncpg.PostgresError) as exc:
-            # A lookup is a plain SELECT: any database error means "not available now".
+        except Exception as exc:
+            if not is_transient(exc):
+                # A defect (a missing privilege, a table the code does not match): not
+                # "try again later", so not disguised as unavailability.
+                raise
             raise DatabaseUnavailableError(str(exc)) from exc
 
     def _remember(

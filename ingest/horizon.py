@@ -14,6 +14,7 @@ from datetime import datetime
 
 import asyncpg
 
+from schema.errors import is_transient
 from schema.horizon import fetch_raw_horizon
 
 log = logging.getLogger(__name__)
@@ -34,5 +35,10 @@ class RetentionHorizon:
             await asyncio.sleep(self._refresh_s)
             try:
                 await self.refresh()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("could not refresh the retention horizon: %s", exc)
+            except Exception as exc:
+                # Whatever the cause, keep refreshing: a stopped loop would leave the horizon
+                # stale for the life of the process. Only a transient failure is expected.
+                if is_transient(exc):
+                    log.warning("could not refresh the retention horizon: %s", exc)
+                else:
+                    log.exception("could not refresh the retention horizon")

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import asyncpg
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -37,6 +36,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from ingest.committer import BufferFullError, DatabaseUnavailableError
 from ingest.runtime import IngestRuntime
 from ingest.service import PayloadRejectedError
+from schema.errors import ErrorKind, classify, sqlstate
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +48,20 @@ _MAX_RETRY_S = 5.0
 # quarantined (reason INGEST_FAILED) and acknowledged.
 _MAX_UNEXPECTED_FAILURES = 5
 INGEST_FAILED = "ingest_failed"
-# Failures that say nothing about the message: retried for as long as they last.
-_DATABASE_TROUBLE = (
-    DatabaseUnavailableError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    OSError,
-    TimeoutError,
-)
+
+
+def _waits_for_the_database(error: Exception) -> bool:
+    """Whether a failure says nothing about the message: retried for as long as it lasts.
+
+    Besides unavailability, that is the database refusing for a reason unrelated to the data
+    (a missing privilege, a read-only standby): an operator fixes it, and quarantining valid
+    readings meanwhile would be wrong. Data refusals are not waited for: the committer
+    quarantines those itself, so one reaching here is a defect of this message's handling.
+    """
+    if isinstance(error, DatabaseUnavailableError):
+        return True
+    kind = classify(error)
+    return kind is ErrorKind.TRANSIENT or (kind is ErrorKind.DEFECT and sqlstate(error) is not None)
 
 
 def subscription_filter(group: str) -> str:
@@ -336,13 +342,16 @@ class MqttIngestor:
                 break  # quarantined and committed: acknowledge it like any stored message
             except BufferFullError:
                 await asyncio.sleep(_BUSY_RETRY_S)  # hold the ack: backpressure to the broker
-            except _DATABASE_TROUBLE:
-                # Never acknowledged, never dropped: retried until the database is back, and
-                # later messages wait behind it because acknowledgements go in order.
-                log.exception("MQTT message not stored yet; retrying", extra={"mid": delivery.mid})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _MAX_RETRY_S)
             except Exception as exc:
+                if _waits_for_the_database(exc):
+                    # Never acknowledged, never dropped: retried until the database is back,
+                    # and later messages wait behind it because acknowledgements go in order.
+                    log.exception(
+                        "MQTT message not stored yet; retrying", extra={"mid": delivery.mid}
+                    )
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _MAX_RETRY_S)
+                    continue
                 # Not the database: something about this message breaks ingest (a defect).
                 # Retried a few times, then quarantined whole with the error and acknowledged:
                 # kept, never silently lost, and never a poison message that stalls every

@@ -44,6 +44,7 @@ import psycopg
 from psycopg import errors
 
 from schema.edition import Edition, License, detect_edition
+from schema.errors import is_transient, sqlstate
 from schema.migrate import LOCK_CLASS
 from schema.rollup_levels import EPOCH, FINER, LEVELS, ROLLUP_WIDTHS, floor_to_level
 from schema.sql import queries
@@ -367,9 +368,15 @@ def refresh_forever(
                 report = refresh_rollups(conn, raw_horizon=raw_horizon, lag=lag)
                 if on_report is not None:
                     on_report(report)
-            except psycopg.OperationalError as exc:
-                # The database went away or restarted: the next round reconnects.
-                log.warning("rollup refresh failed, retrying", extra={"error": str(exc)})
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                # The database went away or restarted, or the round lost a lock or deadlock:
+                # the next round reconnects and tries again.
+                log.warning(
+                    "rollup refresh failed, retrying",
+                    extra={"error": str(exc), "sqlstate": sqlstate(exc)},
+                )
                 if conn is not None:
                     conn.close()
                 conn = None

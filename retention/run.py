@@ -9,7 +9,7 @@ Order of a slice, each step only after the previous one succeeded:
     mark the ledger entry — all or nothing.
 A failure at any step leaves the rows in place and the ledger entry says why. Step 3 waits for
 locks at most ``lock_timeout_ms`` (so ingest never queues behind it for long) and is retried with
-backoff on lock timeouts and deadlocks (SQLSTATE 55P03, 40P01).
+backoff on transient errors (``schema.errors``: lock timeouts 55P03, deadlocks 40P01, ...).
 """
 
 from __future__ import annotations
@@ -23,17 +23,17 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import errors, sql
+from psycopg import sql
 
 from retention.archive import ArchivedSlice, ArchiveStore, SliceSpec, export_slice, slice_checksum
 from retention.errors import RechunkInProgressError, RetentionError, SliceChangedError
 from retention.plan import Plan, SliceWork, build_plan, rollup_gate, rollups_block
 from retention.targets import Q, resolve
+from schema.errors import is_transient, sqlstate
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-RETRYABLE = (errors.DeadlockDetected, errors.LockNotAvailable)
 
 
 class SliceBlockedError(RetentionError):
@@ -84,17 +84,27 @@ class RunResult:
 def with_retries(
     attempt: Callable[[], T], *, max_attempts: int, backoff_s: float, what: str
 ) -> tuple[T, int]:
-    """Run ``attempt`` (one transaction) again after a deadlock or lock timeout, with backoff."""
+    """Run ``attempt`` (one transaction) again after a transient error, with backoff.
+
+    Transient as ``schema.errors`` says: mostly lock timeouts and deadlocks here, but also
+    serialization failures, cancelled statements and a lost connection (on which the
+    remaining attempts fail fast, and the last one is raised).
+    """
     for number in range(1, max_attempts + 1):
         try:
             return attempt(), number
-        except RETRYABLE as exc:
-            if number == max_attempts:
+        except Exception as exc:
+            if not is_transient(exc) or number == max_attempts:
                 raise
             delay = min(5.0, backoff_s * 2 ** (number - 1)) * random.uniform(0.5, 1.5)
             log.warning(
                 "retention step will be retried",
-                extra={"what": what, "attempt": number, "sqlstate": exc.sqlstate, "delay_s": delay},
+                extra={
+                    "what": what,
+                    "attempt": number,
+                    "sqlstate": sqlstate(exc),
+                    "delay_s": delay,
+                },
             )
             time.sleep(delay)
     raise AssertionError("unreachable")  # the loop returns or raises

@@ -1,0 +1,45 @@
+"""What callers hand the group committer: one validated HTTP request or MQTT message."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ingest.store import ReadingColumns, ValidatedReading
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    """A received reading (or whole payload) that will not be stored, with why."""
+
+    reason: str
+    detail: str
+    reading_index: int | None
+
+
+@dataclass(frozen=True)
+class IngestRequest:
+    """One HTTP request or MQTT message, validated.
+
+    ``readings`` may be given as columns (the ingest path) or as ValidatedReading objects;
+    the committer only uses ``columns``.
+    """
+
+    readings: ReadingColumns | Sequence[ValidatedReading]
+    # reading_indexes[i]: position in the payload of reading i (for per-reading answers)
+    reading_indexes: Sequence[int]
+    quarantine: Sequence[QuarantineEntry]
+    raw_payload: bytes
+    received_at: float  # time.time() when it arrived; quarantine rows record it
+    claimed_device: str | None = None
+    topic: str | None = None
+    columns: ReadingColumns = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        readings = self.readings
+        columns = (
+            readings
+            if isinstance(readings, ReadingColumns)
+            else ReadingColumns.from_readings(readings)
+        )
+        object.__setattr__(self, "columns", columns)  # derived once; the dataclass is frozen
