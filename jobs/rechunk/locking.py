@@ -20,6 +20,7 @@ from psycopg import sql
 from jobs.rechunk.catalog import q
 from jobs.rechunk.errors import LockBusyError, RechunkRefusedError
 from jobs.rechunk.model import Options
+from schema.errors import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,19 @@ class Locks:
         self._options = options
 
     def with_retries(self, step: Callable[[], T]) -> T:
-        """Run a step that needs a short strong lock on the live table; on lock_timeout, back off
-        and try again, so ingest never waits behind it for more than lock_timeout."""
+        """Run a step that needs a short strong lock on the live table; on lock_timeout (or any
+        other transient error), back off and try again, so ingest never waits behind it for more
+        than lock_timeout."""
         delay = _FIRST_DELAY_S
         for attempt in range(1, self._options.lock_attempts + 1):
             try:
                 return step()
-            except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
+            except psycopg.Error as exc:
+                # The project's one transient-error policy (lock timeouts, deadlocks,
+                # serialization failures...); a lost connection is transient too, but this
+                # run cannot go on without its session locks, so it ends the run.
+                if not is_transient(exc) or self._conn.broken:
+                    raise
                 log.warning(
                     "lock not granted, retrying",
                     extra={"attempt": attempt, "sqlstate": exc.sqlstate, "delay_s": delay},
