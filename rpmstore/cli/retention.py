@@ -75,111 +75,123 @@ def _print_run(result: RunResult) -> None:
     )
 
 
+def _connect(settings: Settings) -> psycopg.Connection:
+    return psycopg.connect(endpoints.database_url(settings), autocommit=True)
+
+
+def _plan(settings: Settings, args: argparse.Namespace) -> int:
+    with _connect(settings) as conn:
+        print_plan(build_plan(conn, as_of=args.as_of or datetime.now(UTC)))
+    return 0
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    options = RetentionOptions(
+        archive_url=_archive_url(settings, args),
+        operator=_operator(settings, args),
+        lock_timeout_ms=settings.retention_lock_timeout_ms,
+        as_of=args.as_of,
+    )
+    with _connect(settings) as conn:
+        result = run_retention(conn, options)
+    _print_run(result)
+    return 0 if result.outcome in ("succeeded", "nothing_due") else 1
+
+
+def _hold_place(settings: Settings, args: argparse.Namespace) -> int:
+    with _connect(settings) as conn:
+        hold_id = place_hold(conn, args.patient, reason=args.reason, by=_operator(settings, args))
+    say(f"legal hold {hold_id} placed on patient {args.patient}")
+    return 0
+
+
+def _hold_release(settings: Settings, args: argparse.Namespace) -> int:
+    with _connect(settings) as conn:
+        release_hold(conn, args.hold_id, reason=args.reason, by=_operator(settings, args))
+    say(f"legal hold {args.hold_id} released")
+    return 0
+
+
+def _hold_list(settings: Settings, _args: argparse.Namespace) -> int:
+    with _connect(settings) as conn:
+        for h in list_holds(conn):
+            state = (
+                f"released {h.released_at:%Y-%m-%d} by {h.released_by}"
+                if h.released_at
+                else "active"
+            )
+            say(
+                f"{h.hold_id}\t{h.patient_id}\t{state}\tplaced {h.placed_at:%Y-%m-%d} "
+                f"by {h.placed_by}: {h.reason}"
+            )
+    return 0
+
+
+def _restore(settings: Settings, args: argparse.Namespace) -> int:
+    schema, _, table = args.table.partition(".")
+    with _connect(settings) as conn:
+        try:
+            result = restore_range(
+                conn,
+                start=args.start,
+                end=args.end,
+                operator=_operator(settings, args),
+                target=(schema, table),
+            )
+        except RetentionError as exc:
+            say(f"rpmstore: error: {exc}")
+            return 1
+    say(
+        f"restore {result.run_id}: {result.outcome}; {len(result.archives)} archives, "
+        f"{result.rows_read} rows in range, {result.rows_restored} inserted, "
+        f"{result.rows_read - result.rows_restored} already present"
+    )
+    return 0
+
+
+def _operator_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--operator", help="who does this (default: RPMSTORE_RETENTION_OPERATOR, then $USER)"
+    )
+
+
 def register(commands: Subcommands) -> None:
     """Register ``retention`` and ``archive``."""
+    _register_retention(commands)
+    _register_archive(commands)
 
-    def connect(settings: Settings) -> psycopg.Connection:
-        return psycopg.connect(endpoints.database_url(settings), autocommit=True)
 
-    def plan(settings: Settings, args: argparse.Namespace) -> int:
-        with connect(settings) as conn:
-            print_plan(build_plan(conn, as_of=args.as_of or datetime.now(UTC)))
-        return 0
-
-    def run(settings: Settings, args: argparse.Namespace) -> int:
-        options = RetentionOptions(
-            archive_url=_archive_url(settings, args),
-            operator=_operator(settings, args),
-            lock_timeout_ms=settings.retention_lock_timeout_ms,
-            as_of=args.as_of,
-        )
-        with connect(settings) as conn:
-            result = run_retention(conn, options)
-        _print_run(result)
-        return 0 if result.outcome in ("succeeded", "nothing_due") else 1
-
-    def hold_place(settings: Settings, args: argparse.Namespace) -> int:
-        with connect(settings) as conn:
-            hold_id = place_hold(
-                conn, args.patient, reason=args.reason, by=_operator(settings, args)
-            )
-        say(f"legal hold {hold_id} placed on patient {args.patient}")
-        return 0
-
-    def hold_release(settings: Settings, args: argparse.Namespace) -> int:
-        with connect(settings) as conn:
-            release_hold(conn, args.hold_id, reason=args.reason, by=_operator(settings, args))
-        say(f"legal hold {args.hold_id} released")
-        return 0
-
-    def hold_list(settings: Settings, _args: argparse.Namespace) -> int:
-        with connect(settings) as conn:
-            for h in list_holds(conn):
-                state = (
-                    f"released {h.released_at:%Y-%m-%d} by {h.released_by}"
-                    if h.released_at
-                    else "active"
-                )
-                say(
-                    f"{h.hold_id}\t{h.patient_id}\t{state}\tplaced {h.placed_at:%Y-%m-%d} "
-                    f"by {h.placed_by}: {h.reason}"
-                )
-        return 0
-
-    def restore(settings: Settings, args: argparse.Namespace) -> int:
-        schema, _, table = args.table.partition(".")
-        with connect(settings) as conn:
-            try:
-                result = restore_range(
-                    conn,
-                    start=args.start,
-                    end=args.end,
-                    operator=_operator(settings, args),
-                    target=(schema, table),
-                )
-            except RetentionError as exc:
-                say(f"rpmstore: error: {exc}")
-                return 1
-        say(
-            f"restore {result.run_id}: {result.outcome}; {len(result.archives)} archives, "
-            f"{result.rows_read} rows in range, {result.rows_restored} inserted, "
-            f"{result.rows_read - result.rows_restored} already present"
-        )
-        return 0
-
-    def operator_option(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--operator", help="who does this (default: RPMSTORE_RETENTION_OPERATOR, then $USER)"
-        )
-
+def _register_retention(commands: Subcommands) -> None:
     retention = commands.add_parser("retention", help="retention policies, archive and legal hold")
     actions = retention.add_subparsers(dest="action", required=True, metavar="ACTION")
     plan_parser = actions.add_parser("plan", help="dry run: what is due, held, blocked, freed")
     plan_parser.add_argument("--as-of", type=timestamp, help="measure horizons from this time")
-    plan_parser.set_defaults(handler=plan)
+    plan_parser.set_defaults(handler=_plan)
     run_parser = actions.add_parser("run", help="archive what is due, verify it, then drop it")
     run_parser.add_argument("--as-of", type=timestamp, help="measure horizons from this time")
     run_parser.add_argument(
         "--archive-url", help="folder or fsspec URL (default: RPMSTORE_ARCHIVE_URL)"
     )
-    operator_option(run_parser)
-    run_parser.set_defaults(handler=run)
+    _operator_option(run_parser)
+    run_parser.set_defaults(handler=_run)
     hold = actions.add_parser("hold", help="legal holds on patients' raw readings")
     hold_actions = hold.add_subparsers(dest="hold_action", required=True, metavar="ACTION")
     place = hold_actions.add_parser("place", help="hold a patient's raw readings")
     place.add_argument("patient", type=uuid.UUID, metavar="PATIENT_ID")
     place.add_argument("--reason", required=True)
-    operator_option(place)
-    place.set_defaults(handler=hold_place)
+    _operator_option(place)
+    place.set_defaults(handler=_hold_place)
     release = hold_actions.add_parser("release", help="release a hold (its record stays)")
     release.add_argument("hold_id", type=int, metavar="HOLD_ID")
     release.add_argument("--reason", required=True)
-    operator_option(release)
-    release.set_defaults(handler=hold_release)
+    _operator_option(release)
+    release.set_defaults(handler=_hold_release)
     hold_actions.add_parser("list", help="every hold, active and released").set_defaults(
-        handler=hold_list
+        handler=_hold_list
     )
 
+
+def _register_archive(commands: Subcommands) -> None:
     archive = commands.add_parser("archive", help="retention archives")
     archive_actions = archive.add_subparsers(dest="action", required=True, metavar="ACTION")
     restore_parser = archive_actions.add_parser(
@@ -188,5 +200,5 @@ def register(commands: Subcommands) -> None:
     restore_parser.add_argument("--start", type=timestamp, required=True)
     restore_parser.add_argument("--end", type=timestamp, required=True)
     restore_parser.add_argument("--table", default="rpm.readings", help="default rpm.readings")
-    operator_option(restore_parser)
-    restore_parser.set_defaults(handler=restore)
+    _operator_option(restore_parser)
+    restore_parser.set_defaults(handler=_restore)
