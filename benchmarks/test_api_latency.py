@@ -503,6 +503,8 @@ def start_load(base: str, devices: list[tuple[str, str]], start: datetime, work:
     return LoadRun(process, out)
 
 
+# Long on purpose: one scripted scenario read top to bottom (set up, measure the baseline
+# and the subject in the same run, report), where the order of the steps is the method.
 def test_api_latency_and_rollups(
     database_factory: DatabaseFactory,
     migrated_template: str,

@@ -359,6 +359,8 @@ def mqtt_end_to_end(
         shutdown_client(client)
 
 
+# Long on purpose: one scripted scenario read top to bottom (set up, measure the baseline
+# and the subject in the same run, report), where the order of the steps is the method.
 def test_ingest_throughput_ratios(
     database_factory: DatabaseFactory,
     migrated_template: str,

@@ -130,6 +130,8 @@ def differences(raw: list[tuple[object, ...]], rollup: list[tuple[object, ...]])
     return found
 
 
+# Long on purpose: one scripted scenario read top to bottom (set up, measure the baseline
+# and the subject in the same run, report), where the order of the steps is the method.
 # Loading 5.4 million readings and the first refresh take minutes on 2 cores (longer on the TSL
 # edition: its invalidation trigger runs for every inserted row).
 @pytest.mark.timeout(1200)

@@ -282,6 +282,8 @@ def _clinician_token(settings: Settings, api_url: str, ward: Ward) -> str:
     return sign(LOADTEST_CLINICIAN, ["clinician"], [team])
 
 
+# Long on purpose: one scripted scenario read top to bottom (set up, measure the baseline
+# and the subject in the same run, report), where the order of the steps is the method.
 def run(args: argparse.Namespace) -> int:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
