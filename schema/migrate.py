@@ -19,7 +19,9 @@ not current: never applied, changed since (its checksum), or migrations moved si
 migration created, so the database is back at that version's definitions, except objects only
 the layer changed, which keep the newest definitions. The revert is a migration event, so the
 layer is pending again and the next ``up`` at the newest migration (of whichever rpmstore
-version runs it) applies that version's layer.
+version runs it) applies that version's layer. So a new function, view, trigger or policy (or a
+changed one) goes in the layer only; a migration that adds a table its layer objects need must,
+in its down file, drop them first (DROP ... IF EXISTS) where they would block dropping it.
 """
 
 from __future__ import annotations
@@ -365,7 +367,7 @@ class Migrator:
                     round((time.monotonic() - started) * 1000),
                 )
         except psycopg.Error as exc:
-            raise MigrationError(f"recording the idempotent layer failed: {exc}") from exc
+            raise MigrationError(f"applying the idempotent layer failed: {exc}") from exc
         log.info(
             "idempotent layer applied %s",
             self._layer.checksum[:12],
