@@ -3,7 +3,8 @@
 -- moved (schema/migrate.py): every statement must be safe to run again, at the newest migration.
 
 -- The patient a device was assigned to at a time (assignments are periods that do not overlap).
-CREATE OR REPLACE FUNCTION rpm.patient_for_device_at(p_device_id uuid, p_at timestamptz) RETURNS uuid
+CREATE OR REPLACE FUNCTION rpm.patient_for_device_at(p_device_id uuid, p_at timestamptz)
+    RETURNS uuid
     LANGUAGE sql STABLE PARALLEL SAFE AS
 $$
     SELECT patient_id
@@ -13,7 +14,9 @@ $$;
 
 -- Whether a value breaches an above/below threshold (strictly: SpO2 exactly 90 does not breach
 -- "below 90"). Inlined by the planner; one definition for every alerting statement.
-CREATE OR REPLACE FUNCTION rpm.alert_breaches(kind text, threshold double precision, value double precision)
+CREATE OR REPLACE FUNCTION rpm.alert_breaches(
+    kind text, threshold double precision, value double precision
+)
     RETURNS boolean
     LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
 $$

@@ -77,7 +77,8 @@ CREATE POLICY device_assignments_admin ON rpm.device_assignments
 
 ALTER TABLE rpm.alert_rules ENABLE ROW LEVEL SECURITY;
 DROP POLICY IF EXISTS alert_rules_read ON rpm.alert_rules;
-CREATE POLICY alert_rules_read ON rpm.alert_rules FOR SELECT USING (rpm.acting_subject() IS NOT NULL);
+CREATE POLICY alert_rules_read ON rpm.alert_rules FOR SELECT
+    USING (rpm.acting_subject() IS NOT NULL);
 DROP POLICY IF EXISTS alert_rules_admin ON rpm.alert_rules;
 CREATE POLICY alert_rules_admin ON rpm.alert_rules
     USING (rpm.acting_is_admin()) WITH CHECK (rpm.acting_is_admin());
