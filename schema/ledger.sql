@@ -23,3 +23,17 @@ CREATE TABLE IF NOT EXISTS rpm_meta.migration_log (
     performed_by text NOT NULL DEFAULT current_user,
     execution_ms integer NOT NULL
 );
+
+-- The idempotent layer (schema/idempotent): every application, never updated. The layer is
+-- current while the newest row has the checksum of the layer on disk and no migration was
+-- applied or reverted since (its migration_event is still the newest event of migration_log).
+CREATE TABLE IF NOT EXISTS rpm_meta.layer_applications (
+    application_id    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    checksum          text NOT NULL,  -- SHA-256 over the layer's file names and contents
+    files             text[] NOT NULL,  -- in the order they ran
+    migration_version integer NOT NULL,  -- the newest migration, at which it was applied
+    migration_event   bigint NOT NULL,  -- newest rpm_meta.migration_log event_id at the time
+    applied_at        timestamptz NOT NULL DEFAULT now(),
+    applied_by        text NOT NULL DEFAULT current_user,
+    execution_ms      integer NOT NULL
+);

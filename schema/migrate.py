@@ -5,6 +5,23 @@ Each runs in its own transaction together with its ledger row, so a failure leav
 A file whose first line is ``-- rpmstore:no-transaction`` runs outside a transaction (for
 statements such as CREATE INDEX CONCURRENTLY); it must then hold a single statement.
 An applied migration is frozen: editing it is refused, the fix is a new migration.
+
+Functions, views, triggers and row-level security policies live instead in the idempotent layer,
+``schema/idempotent/NN_name.sql`` (as timescale/pgai's ``idempotent/`` beside its frozen
+``incremental/``): statements that can run again and again (CREATE OR REPLACE, DROP ... IF EXISTS
+then CREATE), describing those objects as they are at the newest migration. ``up`` applies the
+whole layer, in one transaction, once the database is at the newest migration and the layer is
+not current: never applied, changed since (its checksum), or migrations moved since (an event in
+``rpm_meta.migration_log`` after the application). Each application is a row of
+``rpm_meta.layer_applications``, created by the runner beside the migration ledger.
+
+``down`` leaves the layer's objects to the down migrations: they drop or restore what their up
+migration created, so the database is back at that version's definitions, except objects only
+the layer changed, which keep the newest definitions. The revert is a migration event, so the
+layer is pending again and the next ``up`` at the newest migration (of whichever rpmstore
+version runs it) applies that version's layer. So a new function, view, trigger or policy (or a
+changed one) goes in the layer only; a migration that adds a table its layer objects need must,
+in its down file, drop them first (DROP ... IF EXISTS) where they would block dropping it.
 """
 
 from __future__ import annotations
@@ -31,6 +48,7 @@ LOCK_CLASS = 0x52504D53
 LOCK_OBJECT = 1
 NO_TRANSACTION_MARKER = "-- rpmstore:no-transaction"
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(up|down)\.sql$")
+_LAYER_FILE_NAME = re.compile(r"^\d{2}_[a-z0-9_]+\.sql$")
 
 
 class MigrationError(RuntimeError):
@@ -92,6 +110,57 @@ class MigrationState:
     applied_at: datetime | None
 
 
+@dataclass(frozen=True)
+class LayerFile:
+    name: str
+    sql: str
+
+
+@dataclass(frozen=True)
+class Layer:
+    """The idempotent layer: its files in the order they run."""
+
+    files: tuple[LayerFile, ...]
+
+    @property
+    def checksum(self) -> str:
+        """SHA-256 over every file's name and text: renaming or reordering a file changes it."""
+        digest = hashlib.sha256()
+        for file in self.files:
+            digest.update(file.name.encode() + b"\0" + file.sql.encode() + b"\0")
+        return digest.hexdigest()
+
+
+LayerStatus = Literal["applied", "pending"]
+
+
+@dataclass(frozen=True)
+class LayerState:
+    checksum: str  # of the layer on disk
+    status: LayerStatus
+    applied_checksum: str | None  # of the newest application, if any
+    applied_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    """What one ``up`` did: the migrations it applied, and the layer if it applied it."""
+
+    migrations: list[Migration]
+    layer: Layer | None
+
+
+def discover_layer() -> Layer:
+    """The idempotent layer shipped in ``schema/idempotent``, its files in name order."""
+    folder = resources.files("schema") / "idempotent"
+    files = sorted(
+        (entry.name, entry.read_text()) for entry in folder.iterdir() if entry.name.endswith(".sql")
+    )
+    if strays := [name for name, _ in files if not _LAYER_FILE_NAME.match(name)]:
+        raise MigrationError(f"idempotent layer files must be named NN_name.sql: {strays}")
+    return Layer(tuple(LayerFile(name, sql) for name, sql in files))
+
+
 def discover_migrations() -> list[Migration]:
     """Every migration shipped in ``schema/migrations``, in version order, numbered 1..n."""
     folder = resources.files("schema") / "migrations"
@@ -127,18 +196,24 @@ class Migrator:
         conn: psycopg.Connection,
         migrations: Sequence[Migration] | None = None,
         *,
+        layer: Layer | None = None,
         lock_timeout_s: float = 30.0,
     ) -> None:
         if not conn.autocommit:
             raise ValueError("the migrator needs an autocommit connection (it opens transactions)")
         self._conn = conn
         self._migrations = list(migrations) if migrations is not None else discover_migrations()
+        self._layer = layer if layer is not None else discover_layer()
         self._lock_timeout_s = lock_timeout_s
         self._q = queries("migrations")
 
     @property
     def migrations(self) -> Sequence[Migration]:
         return self._migrations
+
+    @property
+    def layer(self) -> Layer:
+        return self._layer
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -197,6 +272,37 @@ class Migrator:
                 states.append(MigrationState(version, record.name, "unknown", record.applied_at))
         return states
 
+    def layer_status(self) -> LayerState:
+        """Whether the idempotent layer on disk is the one applied at the newest migration."""
+        record = self._last_layer_application()
+        current = (
+            record is not None
+            and self._at_head(self._applied())
+            and self._layer_is_current(record[0], record[1])
+        )
+        return LayerState(
+            checksum=self._layer.checksum,
+            status="applied" if current else "pending",
+            applied_checksum=record[0] if record else None,
+            applied_at=record[2] if record else None,
+        )
+
+    def _at_head(self, applied: dict[int, AppliedMigration]) -> bool:
+        return set(applied) == {m.version for m in self._migrations}
+
+    def _last_layer_application(self) -> tuple[str, int, datetime] | None:
+        exists = self._conn.execute(self._q["layer_ledger_exists"]).fetchone()
+        if exists is None or not exists[0]:
+            return None
+        row = self._conn.execute(self._q["last_layer_application"]).fetchone()
+        return (row[0], row[1], row[2]) if row else None
+
+    def _layer_is_current(self, checksum: str, migration_event: int) -> bool:
+        if checksum != self._layer.checksum:
+            return False
+        newest = self._conn.execute(self._q["last_migration_event"]).fetchone()
+        return newest is not None and newest[0] == migration_event
+
     def _verify(self, applied: dict[int, AppliedMigration]) -> None:
         by_version = {m.version: m for m in self._migrations}
         for version, record in sorted(applied.items()):
@@ -215,7 +321,14 @@ class Migrator:
                 )
 
     def up(self, target: int | None = None) -> list[Migration]:
-        """Apply pending migrations up to ``target`` (default: all); return those applied."""
+        """Apply pending migrations up to ``target`` (default: all); return those applied.
+
+        At the newest migration, the idempotent layer is applied too when it is not current.
+        """
+        return self.upgrade(target).migrations
+
+    def upgrade(self, target: int | None = None) -> Upgrade:
+        """``up``, saying also whether it applied the idempotent layer."""
         with self.locked():
             self._ensure_ledger()
             applied = self._applied()
@@ -228,7 +341,38 @@ class Migrator:
                     break
                 self._run(migration, "up")
                 done.append(migration)
-            return done
+            layer = None
+            if self._at_head(self._applied()):
+                record = self._last_layer_application()
+                if record is None or not self._layer_is_current(record[0], record[1]):
+                    self._apply_layer()
+                    layer = self._layer
+            return Upgrade(done, layer)
+
+    def _apply_layer(self) -> None:
+        started = time.monotonic()
+        try:
+            with self._conn.transaction():
+                for file in self._layer.files:
+                    try:
+                        self._conn.execute(file.sql)
+                    except psycopg.Error as exc:
+                        raise MigrationError(
+                            f"idempotent layer file {file.name} failed: {exc}"
+                        ) from exc
+                _record_layer(
+                    self._conn,
+                    self._layer,
+                    max((m.version for m in self._migrations), default=0),
+                    round((time.monotonic() - started) * 1000),
+                )
+        except psycopg.Error as exc:
+            raise MigrationError(f"applying the idempotent layer failed: {exc}") from exc
+        log.info(
+            "idempotent layer applied %s",
+            self._layer.checksum[:12],
+            extra={"checksum": self._layer.checksum, "files": len(self._layer.files)},
+        )
 
     def down(self, steps: int) -> list[Migration]:
         """Revert the ``steps`` most recent migrations, newest first; return those reverted."""
@@ -282,8 +426,25 @@ class Migrator:
         self._conn.execute(self._q["log_event"], params)
 
 
-def apply_canonical_schema(conn: psycopg.Connection, migrations: Sequence[Migration]) -> None:
-    """Build an empty database from ``schema/schema.sql`` and mark every migration applied.
+def _record_layer(
+    conn: psycopg.Connection, layer: Layer, migration_version: int, execution_ms: int
+) -> None:
+    conn.execute(
+        queries("migrations")["record_layer_application"],
+        {
+            "checksum": layer.checksum,
+            "files": [file.name for file in layer.files],
+            "migration_version": migration_version,
+            "execution_ms": execution_ms,
+        },
+    )
+
+
+def apply_canonical_schema(
+    conn: psycopg.Connection, migrations: Sequence[Migration], layer: Layer | None = None
+) -> None:
+    """Build an empty database from ``schema/schema.sql`` and the idempotent layer, and mark
+    every migration applied.
 
     Used to prove that the canonical schema file and the migrations describe the same database.
     """
@@ -301,3 +462,7 @@ def apply_canonical_schema(conn: psycopg.Connection, migrations: Sequence[Migrat
             }
             conn.execute(q["record_applied"], params)
             conn.execute(q["log_event"], params)
+        layer = layer if layer is not None else discover_layer()
+        for file in layer.files:
+            conn.execute(file.sql)
+        _record_layer(conn, layer, max((m.version for m in migrations), default=0), 0)

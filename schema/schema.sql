@@ -1,6 +1,9 @@
--- Canonical schema: the whole current rpmstore schema in one file, for reading and for the
--- test that proves it equals the result of applying every migration in order. Any migration
--- that changes the schema changes this file in the same commit.
+-- Canonical schema: the versioned part of the current rpmstore schema in one file (tables,
+-- columns, constraints, indexes, hypertables, continuous aggregates, grants on tables, reference
+-- data), for reading and for the test that proves it, followed by the idempotent layer
+-- (schema/idempotent: functions, views, triggers, row-level security), equals the result of
+-- applying every migration in order and then the layer. Any migration that changes the schema
+-- changes this file in the same commit; a change to the layer alone changes neither.
 --
 -- Relational tables for patients, devices, care teams, the metric catalogue, alert rules, alerts,
 -- the audit log and the ingest quarantine; one hypertable for readings.
@@ -13,15 +16,6 @@ CREATE EXTENSION IF NOT EXISTS timescaledb;
 CREATE EXTENSION IF NOT EXISTS btree_gist;
 
 CREATE SCHEMA rpm;
-
-CREATE FUNCTION rpm.touch_updated_at() RETURNS trigger
-    LANGUAGE plpgsql AS
-$$
-BEGIN
-    NEW.updated_at := now();
-    RETURN NEW;
-END
-$$;
 
 -- ---------------------------------------------------------------------------------------------
 -- Patients. patient_id is a pseudonymous key; identifying details live in patient_identities so
@@ -144,14 +138,6 @@ CREATE TABLE rpm.device_assignments (
         EXCLUDE USING gist (device_id WITH =, valid_during WITH &&)
 );
 CREATE INDEX device_assignments_by_patient ON rpm.device_assignments (patient_id);
-
-CREATE FUNCTION rpm.patient_for_device_at(p_device_id uuid, p_at timestamptz) RETURNS uuid
-    LANGUAGE sql STABLE PARALLEL SAFE AS
-$$
-    SELECT patient_id
-    FROM rpm.device_assignments
-    WHERE device_id = p_device_id AND valid_during @> p_at
-$$;
 
 -- ---------------------------------------------------------------------------------------------
 -- Metric catalogue: what can be measured, its LOINC code, canonical UCUM unit, plausible range.
@@ -394,54 +380,14 @@ CREATE TABLE rpm.audit_log (
 CREATE INDEX audit_log_by_patient ON rpm.audit_log (patient_id, occurred_at DESC);
 CREATE INDEX audit_log_by_time ON rpm.audit_log (occurred_at);
 
-CREATE FUNCTION rpm.refuse_audit_change() RETURNS trigger
-    LANGUAGE plpgsql AS
-$$
-BEGIN
-    RAISE EXCEPTION 'rpm.audit_log is append-only: % is not allowed', TG_OP
-        USING ERRCODE = 'insufficient_privilege';
-END
-$$;
-
-CREATE TRIGGER audit_log_append_only
-    BEFORE UPDATE OR DELETE ON rpm.audit_log
-    FOR EACH ROW EXECUTE FUNCTION rpm.refuse_audit_change();
-CREATE TRIGGER audit_log_no_truncate
-    BEFORE TRUNCATE ON rpm.audit_log
-    FOR EACH STATEMENT EXECUTE FUNCTION rpm.refuse_audit_change();
-
 -- ---------------------------------------------------------------------------------------------
--- updated_at maintenance.
--- ---------------------------------------------------------------------------------------------
-CREATE TRIGGER patients_touch BEFORE UPDATE ON rpm.patients
-    FOR EACH ROW EXECUTE FUNCTION rpm.touch_updated_at();
-CREATE TRIGGER patient_identities_touch BEFORE UPDATE ON rpm.patient_identities
-    FOR EACH ROW EXECUTE FUNCTION rpm.touch_updated_at();
-CREATE TRIGGER care_teams_touch BEFORE UPDATE ON rpm.care_teams
-    FOR EACH ROW EXECUTE FUNCTION rpm.touch_updated_at();
-CREATE TRIGGER clinicians_touch BEFORE UPDATE ON rpm.clinicians
-    FOR EACH ROW EXECUTE FUNCTION rpm.touch_updated_at();
-CREATE TRIGGER devices_touch BEFORE UPDATE ON rpm.devices
-    FOR EACH ROW EXECUTE FUNCTION rpm.touch_updated_at();
-CREATE TRIGGER device_assignments_touch BEFORE UPDATE ON rpm.device_assignments
-    FOR EACH ROW EXECUTE FUNCTION rpm.touch_updated_at();
-CREATE TRIGGER metrics_touch BEFORE UPDATE ON rpm.metrics
-    FOR EACH ROW EXECUTE FUNCTION rpm.touch_updated_at();
-CREATE TRIGGER alert_rules_touch BEFORE UPDATE ON rpm.alert_rules
-    FOR EACH ROW EXECUTE FUNCTION rpm.touch_updated_at();
-CREATE TRIGGER alert_rule_overrides_touch BEFORE UPDATE ON rpm.alert_rule_overrides
-    FOR EACH ROW EXECUTE FUNCTION rpm.touch_updated_at();
-CREATE TRIGGER alerts_touch BEFORE UPDATE ON rpm.alerts
-    FOR EACH ROW EXECUTE FUNCTION rpm.touch_updated_at();
-
--- ---------------------------------------------------------------------------------------------
--- Rollups (migration 0004): 1-minute, 1-hour and 1-day aggregates per patient and metric, and
--- rpm.vitals_timeline. Both editions expose rpm.readings_1m, rpm.readings_1h and
--- rpm.readings_1d with the same columns and the same meaning (materialized buckets below a
--- watermark, the rest aggregated on the fly). TSL edition: hierarchical continuous aggregates
--- with refresh policies. Apache edition: rpmstore's own rollup tables behind views, maintained
--- by the refresher (schema/rollups.py) from rpm.rollup_invalidations. The edition is read when
--- the schema is built.
+-- Rollups (migration 0004): 1-minute, 1-hour and 1-day aggregates per patient and metric. Both
+-- editions expose rpm.readings_1m, rpm.readings_1h and rpm.readings_1d with the same columns
+-- and the same meaning (materialized buckets below a watermark, the rest aggregated on the
+-- fly). TSL edition: hierarchical continuous aggregates with refresh policies. Apache edition:
+-- rpmstore's own rollup tables behind views (schema/idempotent/20_rollup_views.sql), maintained
+-- by the refresher (jobs/rollups.py) from rpm.rollup_invalidations. The edition is read when
+-- the schema is built. rpm.vitals_timeline reads them (schema/idempotent/30_reads.sql).
 -- ---------------------------------------------------------------------------------------------
 -- Every level stores sum and count (so averages of coarser levels are exact), min, max, and the
 -- last value by measurement time with that time. Ties at the same instant (two devices of one
@@ -521,9 +467,9 @@ BEGIN
             schedule_interval => INTERVAL '15 minutes');
     ELSE
         -- Buckets starting before materialized_until are in the rollup tables (every level:
-        -- a coarser bucket is materialized once it ends at or before it). The views aggregate
-        -- the rest on the fly. Separate from rpm.rollup_watermark on purpose: the refresher
-        -- locks that table exclusively for a moment, and readers must never wait for it.
+        -- a coarser bucket is materialized once it ends at or before it). The layer's views
+        -- aggregate the rest on the fly. Separate from rpm.rollup_watermark on purpose: the
+        -- refresher locks that table exclusively for a moment, and readers must never wait.
         CREATE TABLE rpm.rollup_progress (
             singleton          boolean PRIMARY KEY DEFAULT true CHECK (singleton),
             materialized_until timestamptz NOT NULL DEFAULT '-infinity',
@@ -556,144 +502,9 @@ BEGIN
                                   create_default_indexes => false);
         PERFORM create_hypertable('rpm.rollup_1d', by_range('bucket_start', INTERVAL '3650 days'),
                                   create_default_indexes => false);
-
-        -- The same columns, in the same order, as the continuous aggregates of the TSL edition.
-        CREATE VIEW rpm.readings_1m AS
-        SELECT bucket_start, patient_id, metric_id, reading_count, value_sum, value_min,
-               value_max, last_value, last_at
-        FROM rpm.rollup_1m
-        WHERE bucket_start < (SELECT materialized_until FROM rpm.rollup_progress)
-        UNION ALL
-        SELECT time_bucket(INTERVAL '1 minute', measured_at), patient_id, metric_id,
-               count(*), sum(value), min(value), max(value),
-               (max(ARRAY[date_part('epoch', measured_at - timestamptz 'epoch'), value]))[2],
-               max(measured_at)
-        FROM rpm.readings
-        WHERE measured_at >= (SELECT materialized_until FROM rpm.rollup_progress)
-        GROUP BY 1, 2, 3;
-
-        CREATE VIEW rpm.readings_1h AS
-        SELECT bucket_start, patient_id, metric_id, reading_count, value_sum, value_min,
-               value_max, last_value, last_at
-        FROM rpm.rollup_1h
-        WHERE bucket_start < (SELECT time_bucket(INTERVAL '1 hour', materialized_until)
-                              FROM rpm.rollup_progress)
-        UNION ALL
-        SELECT time_bucket(INTERVAL '1 hour', bucket_start), patient_id, metric_id,
-               sum(reading_count)::bigint, sum(value_sum), min(value_min), max(value_max),
-               (max(ARRAY[date_part('epoch', last_at - timestamptz 'epoch'), last_value]))[2],
-               max(last_at)
-        FROM rpm.readings_1m
-        WHERE bucket_start >= (SELECT time_bucket(INTERVAL '1 hour', materialized_until)
-                               FROM rpm.rollup_progress)
-        GROUP BY 1, 2, 3;
-
-        CREATE VIEW rpm.readings_1d AS
-        SELECT bucket_start, patient_id, metric_id, reading_count, value_sum, value_min,
-               value_max, last_value, last_at
-        FROM rpm.rollup_1d
-        WHERE bucket_start < (SELECT time_bucket(INTERVAL '1 day', materialized_until)
-                              FROM rpm.rollup_progress)
-        UNION ALL
-        SELECT time_bucket(INTERVAL '1 day', bucket_start), patient_id, metric_id,
-               sum(reading_count)::bigint, sum(value_sum), min(value_min), max(value_max),
-               (max(ARRAY[date_part('epoch', last_at - timestamptz 'epoch'), last_value]))[2],
-               max(last_at)
-        FROM rpm.readings_1h
-        WHERE bucket_start >= (SELECT time_bucket(INTERVAL '1 day', materialized_until)
-                               FROM rpm.rollup_progress)
-        GROUP BY 1, 2, 3;
     END IF;
 END
 $rollups$;
-
--- One row per bucket in [p_start, p_end) for '1m' | '1h' | '1d', buckets aligned to UTC: every
--- bucket that overlaps the range, each aggregated over its whole bucket, including explicit gap
--- rows (count 0, the rest NULL) where nothing was measured. 'raw' returns the readings
--- themselves (count 1 each, no gap rows), ordered by measurement time.
--- SECURITY INVOKER on purpose: callers get exactly their own access to the rollups; scoping
--- to a care team belongs in a definer function that wraps this one.
-CREATE FUNCTION rpm.vitals_timeline(
-    p_patient uuid,
-    p_metric smallint,
-    p_start timestamptz,
-    p_end timestamptz,
-    p_resolution text
-) RETURNS TABLE (
-    bucket_start timestamptz,
-    count bigint,
-    min double precision,
-    max double precision,
-    avg double precision,
-    last double precision,
-    last_at timestamptz
-)
-    LANGUAGE plpgsql STABLE SECURITY INVOKER PARALLEL SAFE AS
-$$
-#variable_conflict use_column
-DECLARE
-    -- 24 hours, not 1 day: timestamptz + '1 day' follows the session's time zone across DST.
-    width constant interval := CASE p_resolution
-        WHEN '1m' THEN INTERVAL '1 minute'
-        WHEN '1h' THEN INTERVAL '1 hour'
-        WHEN '1d' THEN INTERVAL '24 hours'
-    END;
-    first_bucket timestamptz;
-BEGIN
-    IF p_resolution IS DISTINCT FROM 'raw' AND width IS NULL THEN
-        RAISE EXCEPTION 'unknown resolution %: expected raw, 1m, 1h or 1d', p_resolution
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF NOT (isfinite(p_start) AND isfinite(p_end)) THEN
-        RAISE EXCEPTION 'timeline bounds must be finite times'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF p_resolution = 'raw' THEN
-        RETURN QUERY
-        SELECT r.measured_at, 1::bigint, r.value, r.value, r.value, r.value, r.measured_at
-        FROM rpm.readings r
-        WHERE r.patient_id = p_patient AND r.metric_id = p_metric
-          AND r.measured_at >= p_start AND r.measured_at < p_end
-        ORDER BY r.measured_at, r.value;
-        RETURN;
-    END IF;
-    first_bucket := time_bucket(width, p_start);
-    IF p_resolution = '1m' THEN
-        RETURN QUERY
-        SELECT g.b, coalesce(v.reading_count, 0), v.value_min, v.value_max,
-               v.value_sum / v.reading_count, v.last_value, v.last_at
-        FROM generate_series(first_bucket, p_end - INTERVAL '1 microsecond', width) AS g (b)
-        LEFT JOIN (
-            SELECT * FROM rpm.readings_1m x
-            WHERE x.patient_id = p_patient AND x.metric_id = p_metric
-              AND x.bucket_start >= first_bucket AND x.bucket_start < p_end
-        ) v ON v.bucket_start = g.b
-        ORDER BY g.b;
-    ELSIF p_resolution = '1h' THEN
-        RETURN QUERY
-        SELECT g.b, coalesce(v.reading_count, 0), v.value_min, v.value_max,
-               v.value_sum / v.reading_count, v.last_value, v.last_at
-        FROM generate_series(first_bucket, p_end - INTERVAL '1 microsecond', width) AS g (b)
-        LEFT JOIN (
-            SELECT * FROM rpm.readings_1h x
-            WHERE x.patient_id = p_patient AND x.metric_id = p_metric
-              AND x.bucket_start >= first_bucket AND x.bucket_start < p_end
-        ) v ON v.bucket_start = g.b
-        ORDER BY g.b;
-    ELSE
-        RETURN QUERY
-        SELECT g.b, coalesce(v.reading_count, 0), v.value_min, v.value_max,
-               v.value_sum / v.reading_count, v.last_value, v.last_at
-        FROM generate_series(first_bucket, p_end - INTERVAL '1 microsecond', width) AS g (b)
-        LEFT JOIN (
-            SELECT * FROM rpm.readings_1d x
-            WHERE x.patient_id = p_patient AND x.metric_id = p_metric
-              AND x.bucket_start >= first_bucket AND x.bucket_start < p_end
-        ) v ON v.bucket_start = g.b
-        ORDER BY g.b;
-    END IF;
-END
-$$;
 
 -- ---------------------------------------------------------------------------------------------
 -- Alerting engine (migration 0005): peak value, parked evaluations, default rules.
@@ -718,26 +529,6 @@ CREATE TABLE rpm.alert_pending_evaluations (
 -- Rules by metric: the evaluator looks up the rules of the metrics a batch touched.
 CREATE INDEX alert_rules_by_metric ON rpm.alert_rules (metric_id)
     WHERE deleted_at IS NULL;
-
--- Whether a value breaches an above/below threshold (strictly: SpO2 exactly 90 does not breach
--- "below 90"). Inlined by the planner; one definition for every alerting statement.
-CREATE FUNCTION rpm.alert_breaches(kind text, threshold double precision, value double precision)
-    RETURNS boolean
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
-$$
-    SELECT CASE kind WHEN 'above' THEN value > threshold WHEN 'below' THEN value < threshold END
-$$;
-
--- The advisory lock that serialises alert evaluation for a patient (all of its rules): every
--- evaluator and the missing-data sweep take it before reading or changing that patient's
--- alerts. Patients hash into 256 buckets so one transaction never holds more than 256 advisory
--- locks, however many patients a batch touches (the shared lock table is small); two patients
--- in one bucket only wait for each other. Lock buckets in ascending order to avoid deadlocks.
-CREATE FUNCTION rpm.alert_lock_bucket(patient_id uuid) RETURNS integer
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
-$$
-    SELECT (hashtext(patient_id::text) & 255)
-$$;
 
 -- Default rules, in canonical units (see the metric catalogue). Fixed ids, so deployments,
 -- tests and overrides can name them. Thresholds are conservative adult defaults; care teams
@@ -779,7 +570,8 @@ VALUES
      4, 'missing_data', NULL, '0', '24 hours', 'warning', true);
 
 -- =============================================================================================
--- Access: care-team scoping for the API role (migration 0006)
+-- Access: care-team scoping for the API role (migration 0006). The scoping functions and the
+-- row-level security policies are in schema/idempotent (10_scoping.sql, 60_policies.sql).
 -- =============================================================================================
 DO $$
 BEGIN
@@ -790,130 +582,6 @@ BEGIN
     END IF;
 END
 $$;
-
--- ---------------------------------------------------------------------------------------------
--- Who is acting (empty outside an API transaction).
--- ---------------------------------------------------------------------------------------------
-CREATE FUNCTION rpm.acting_subject() RETURNS text
-    LANGUAGE sql STABLE PARALLEL SAFE AS
-$$ SELECT nullif(current_setting('rpm.acting_subject', true), '') $$;
-
-CREATE FUNCTION rpm.acting_roles() RETURNS text[]
-    LANGUAGE sql STABLE PARALLEL SAFE AS
-$$ SELECT coalesce(string_to_array(nullif(current_setting('rpm.acting_roles', true), ''), ','),
-                   '{}') $$;
-
-CREATE FUNCTION rpm.acting_is_admin() RETURNS boolean
-    LANGUAGE sql STABLE PARALLEL SAFE AS
-$$ SELECT rpm.acting_subject() IS NOT NULL AND 'admin' = ANY (rpm.acting_roles()) $$;
-
--- The patients the acting user may see. SECURITY DEFINER: the API role has no access to the
--- membership tables' rows of other teams, and must not need any.
-CREATE FUNCTION rpm.visible_patient_ids() RETURNS SETOF uuid
-    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS
-$$
-    SELECT p.patient_id
-    FROM rpm.patients p
-    WHERE rpm.acting_is_admin()
-    UNION
-    SELECT ctp.patient_id
-    FROM rpm.clinicians c
-    JOIN rpm.care_team_members m ON m.clinician_id = c.clinician_id
-    JOIN rpm.care_teams t ON t.care_team_id = m.care_team_id AND t.deleted_at IS NULL
-    JOIN rpm.care_team_patients ctp ON ctp.care_team_id = m.care_team_id
-    WHERE c.subject = rpm.acting_subject()
-      AND c.deleted_at IS NULL
-      AND 'clinician' = ANY (rpm.acting_roles())
-      AND m.care_team_id::text = ANY (
-          string_to_array(nullif(current_setting('rpm.acting_care_teams', true), ''), ','))
-$$;
-
-CREATE FUNCTION rpm.can_see_patient(p_patient uuid) RETURNS boolean
-    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS
-$$ SELECT p_patient IN (SELECT rpm.visible_patient_ids()) $$;
-
--- ---------------------------------------------------------------------------------------------
--- Row-level security on every table that holds patient data. The owner (migrations, ingest,
--- the alert engine, retention) is not subject to it: those run as trusted jobs, not as users.
--- ---------------------------------------------------------------------------------------------
-ALTER TABLE rpm.patients ENABLE ROW LEVEL SECURITY;
--- Admins see and register every patient. The admin test comes first and outside the function:
--- a row inserted by this statement is not yet in the function's snapshot.
-CREATE POLICY patients_visible ON rpm.patients
-    USING (rpm.acting_is_admin() OR patient_id IN (SELECT rpm.visible_patient_ids()));
-
-ALTER TABLE rpm.patient_identities ENABLE ROW LEVEL SECURITY;
-CREATE POLICY patient_identities_visible ON rpm.patient_identities
-    USING (rpm.acting_is_admin() OR patient_id IN (SELECT rpm.visible_patient_ids()));
-
-ALTER TABLE rpm.patient_identifiers ENABLE ROW LEVEL SECURITY;
-CREATE POLICY patient_identifiers_visible ON rpm.patient_identifiers
-    USING (rpm.acting_is_admin() OR patient_id IN (SELECT rpm.visible_patient_ids()));
-
-ALTER TABLE rpm.care_team_patients ENABLE ROW LEVEL SECURITY;
-CREATE POLICY care_team_patients_visible ON rpm.care_team_patients FOR SELECT
-    USING (rpm.acting_is_admin() OR patient_id IN (SELECT rpm.visible_patient_ids()));
-CREATE POLICY care_team_patients_admin ON rpm.care_team_patients
-    USING (rpm.acting_is_admin()) WITH CHECK (rpm.acting_is_admin());
-
-ALTER TABLE rpm.care_teams ENABLE ROW LEVEL SECURITY;
-CREATE POLICY care_teams_read ON rpm.care_teams FOR SELECT USING (rpm.acting_subject() IS NOT NULL);
-CREATE POLICY care_teams_admin ON rpm.care_teams
-    USING (rpm.acting_is_admin()) WITH CHECK (rpm.acting_is_admin());
-
-ALTER TABLE rpm.clinicians ENABLE ROW LEVEL SECURITY;
-CREATE POLICY clinicians_read ON rpm.clinicians FOR SELECT USING (rpm.acting_subject() IS NOT NULL);
-CREATE POLICY clinicians_admin ON rpm.clinicians
-    USING (rpm.acting_is_admin()) WITH CHECK (rpm.acting_is_admin());
-
-ALTER TABLE rpm.care_team_members ENABLE ROW LEVEL SECURITY;
-CREATE POLICY care_team_members_read ON rpm.care_team_members FOR SELECT
-    USING (rpm.acting_subject() IS NOT NULL);
-CREATE POLICY care_team_members_admin ON rpm.care_team_members
-    USING (rpm.acting_is_admin()) WITH CHECK (rpm.acting_is_admin());
-
--- Devices are not patient data, but only admins manage them; clinicians see the devices of
--- their patients through assignments.
-ALTER TABLE rpm.devices ENABLE ROW LEVEL SECURITY;
-CREATE POLICY devices_admin ON rpm.devices
-    USING (rpm.acting_is_admin()) WITH CHECK (rpm.acting_is_admin());
-CREATE POLICY devices_of_visible_patients ON rpm.devices FOR SELECT
-    USING (device_id IN (SELECT a.device_id FROM rpm.device_assignments a));
-
-ALTER TABLE rpm.device_assignments ENABLE ROW LEVEL SECURITY;
-CREATE POLICY device_assignments_visible ON rpm.device_assignments FOR SELECT
-    USING (rpm.acting_is_admin() OR patient_id IN (SELECT rpm.visible_patient_ids()));
-CREATE POLICY device_assignments_admin ON rpm.device_assignments
-    USING (rpm.acting_is_admin()) WITH CHECK (rpm.acting_is_admin());
-
-ALTER TABLE rpm.alert_rules ENABLE ROW LEVEL SECURITY;
-CREATE POLICY alert_rules_read ON rpm.alert_rules FOR SELECT USING (rpm.acting_subject() IS NOT NULL);
-CREATE POLICY alert_rules_admin ON rpm.alert_rules
-    USING (rpm.acting_is_admin()) WITH CHECK (rpm.acting_is_admin());
-
-ALTER TABLE rpm.alert_rule_overrides ENABLE ROW LEVEL SECURITY;
-CREATE POLICY alert_rule_overrides_visible ON rpm.alert_rule_overrides FOR SELECT
-    USING (rpm.acting_is_admin() OR patient_id IN (SELECT rpm.visible_patient_ids()));
-CREATE POLICY alert_rule_overrides_admin ON rpm.alert_rule_overrides
-    USING (rpm.acting_is_admin()) WITH CHECK (rpm.acting_is_admin());
-
-ALTER TABLE rpm.alerts ENABLE ROW LEVEL SECURITY;
-CREATE POLICY alerts_visible ON rpm.alerts
-    USING (rpm.acting_is_admin() OR patient_id IN (SELECT rpm.visible_patient_ids()))
-    WITH CHECK (rpm.acting_is_admin() OR patient_id IN (SELECT rpm.visible_patient_ids()));
-
-ALTER TABLE rpm.alert_events ENABLE ROW LEVEL SECURITY;
--- The subquery on rpm.alerts is itself filtered by alerts_visible.
-CREATE POLICY alert_events_visible ON rpm.alert_events
-    USING (alert_id IN (SELECT a.alert_id FROM rpm.alerts a))
-    WITH CHECK (alert_id IN (SELECT a.alert_id FROM rpm.alerts a)
-                AND actor = rpm.acting_subject());
-
--- The audit trail: anyone acting may append a record about themselves; only admins read it.
-ALTER TABLE rpm.audit_log ENABLE ROW LEVEL SECURITY;
-CREATE POLICY audit_log_append ON rpm.audit_log FOR INSERT
-    WITH CHECK (actor_subject = rpm.acting_subject());
-CREATE POLICY audit_log_admin_read ON rpm.audit_log FOR SELECT USING (rpm.acting_is_admin());
 
 -- ---------------------------------------------------------------------------------------------
 -- Grants. Column lists keep credential hashes unreadable: SELECT on rpm.devices leaves out
@@ -933,70 +601,6 @@ GRANT UPDATE (status) ON rpm.devices TO rpmstore_api;
 GRANT SELECT, UPDATE ON rpm.alerts TO rpmstore_api;
 GRANT SELECT, INSERT ON rpm.alert_events TO rpmstore_api;
 GRANT SELECT, INSERT ON rpm.audit_log TO rpmstore_api;
-
--- ---------------------------------------------------------------------------------------------
--- The time series, read through scoping functions (owner's rights, the caller's scope).
--- ---------------------------------------------------------------------------------------------
--- Newest reading per metric for each requested patient the acting user may see. "Latest" is the
--- newest measurement time, never the last received; one index probe per (patient, metric).
-CREATE FUNCTION rpm.latest_vitals(p_patients uuid[])
-    RETURNS TABLE (patient_id uuid, metric_id smallint, measured_at timestamptz,
-                   value double precision, utc_offset_minutes smallint, device_id uuid,
-                   received_at timestamptz)
-    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS
-$$
-    SELECT v.patient_id, m.metric_id, r.measured_at, r.value, r.utc_offset_minutes, r.device_id,
-           r.received_at
-    FROM (SELECT DISTINCT unnest(p_patients) AS patient_id) v
-    CROSS JOIN rpm.metrics m
-    CROSS JOIN LATERAL (
-        SELECT rd.measured_at, rd.value, rd.utc_offset_minutes, rd.device_id, rd.received_at
-        FROM rpm.readings rd
-        WHERE rd.patient_id = v.patient_id AND rd.metric_id = m.metric_id
-        ORDER BY rd.measured_at DESC
-        LIMIT 1
-    ) r
-    WHERE v.patient_id IN (SELECT rpm.visible_patient_ids())
-$$;
-
-REVOKE ALL ON FUNCTION rpm.visible_patient_ids(), rpm.can_see_patient(uuid),
-    rpm.latest_vitals(uuid[]) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION rpm.visible_patient_ids(), rpm.can_see_patient(uuid),
-    rpm.latest_vitals(uuid[]) TO rpmstore_api;
-
--- The timeline of one patient's metric (raw, 1m, 1h, 1d; gaps explicit), for the acting user
--- only. rpm.vitals_timeline reads the rollups (continuous aggregates on TSL), which the API role
--- cannot read and which cannot carry RLS: this function checks the scope first and returns
--- nothing at all for a patient outside it. TimescaleDB's functions live in public.
-CREATE FUNCTION rpm.patient_vitals_timeline(
-    p_patient uuid,
-    p_metric smallint,
-    p_start timestamptz,
-    p_end timestamptz,
-    p_resolution text
-) RETURNS TABLE (
-    bucket_start timestamptz,
-    count bigint,
-    min double precision,
-    max double precision,
-    avg double precision,
-    last double precision,
-    last_at timestamptz
-)
-    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS
-$$
-BEGIN
-    IF rpm.can_see_patient(p_patient) THEN
-        RETURN QUERY
-        SELECT t.bucket_start, t.count, t.min, t.max, t.avg, t.last, t.last_at
-        FROM rpm.vitals_timeline(p_patient, p_metric, p_start, p_end, p_resolution) t;
-    END IF;
-END
-$$;
-REVOKE ALL ON FUNCTION rpm.patient_vitals_timeline(uuid, smallint, timestamptz, timestamptz, text)
-    FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION
-    rpm.patient_vitals_timeline(uuid, smallint, timestamptz, timestamptz, text) TO rpmstore_api;
 
 -- =============================================================================================
 -- 0007 retention: policies, metric classes, legal holds, run ledger, held readings, ingest horizon.
@@ -1050,8 +654,6 @@ VALUES ('rpm', 'readings', NULL, interval '90 days', 'raw', true,
        ('rpm', 'readings_1m', NULL, interval '2 years', 'rollup', false, '1-minute rollups'),
        ('rpm', 'readings_1h', NULL, interval '10 years', 'rollup', false, 'hourly rollups'),
        ('rpm', 'readings_1d', NULL, interval '10 years', 'rollup', false, 'daily rollups');
-CREATE TRIGGER retention_policies_touch BEFORE UPDATE ON rpm.retention_policies
-    FOR EACH ROW EXECUTE FUNCTION rpm.touch_updated_at();
 
 -- Patients whose raw readings must not be destroyed (litigation, investigation, complaint).
 -- A hold is released, never deleted: the row stays as the record of who held what and why.
@@ -1137,25 +739,6 @@ CREATE TABLE rpm.held_readings (
 );
 CREATE INDEX held_readings_patient ON rpm.held_readings (patient_id, metric_id, measured_at);
 
--- The oldest measurement time rpm.readings keeps for a metric (NULL metric: the longest period
--- over all classes, i.e. the table's horizon), as of `p_at`; NULL when no policy applies.
--- Readings older than this are refused at ingest (reason too_old): stored, they would re-create
--- a chunk that the next retention run drops.
-CREATE FUNCTION rpm.readings_retention_horizon(
-    p_metric_id smallint DEFAULT NULL, p_at timestamptz DEFAULT now()
-) RETURNS timestamptz
-    LANGUAGE sql STABLE AS
-$$
-    SELECT p_at - coalesce(
-        (SELECT p.keep FROM rpm.retention_policies p
-           JOIN rpm.metric_retention_classes c ON c.metric_class = p.metric_class
-          WHERE p.target_schema = 'rpm' AND p.target_table = 'readings' AND p.enabled
-            AND c.metric_id = p_metric_id),
-        (SELECT max(p.keep) FROM rpm.retention_policies p
-          WHERE p.target_schema = 'rpm' AND p.target_table = 'readings' AND p.enabled
-            AND (p.metric_class IS NULL OR p_metric_id IS NULL)))
-$$;
-
 -- ---------------------------------------------------------------------------------------------
 -- Re-chunk and repartition (migration 0008): ledgers of `rpmstore rechunk` / `repartition`.
 -- ---------------------------------------------------------------------------------------------
@@ -1237,95 +820,6 @@ CREATE TABLE rpm.rechunk_reconciliation (
     PRIMARY KEY (run_id, day)
 );
 
--- Installed on the live table while the copy runs (and on the new one until finalize): rows are
--- mirrored into the other table by insert triggers only, so an UPDATE, DELETE or TRUNCATE would
--- make the two disagree. Refused with the run's message instead.
-CREATE FUNCTION rpm.rechunk_refuse_change() RETURNS trigger
-    LANGUAGE plpgsql AS
-$$
-BEGIN
-    RAISE EXCEPTION '%: % is refused until the migration is finalized or rolled back',
-        TG_ARGV[0], TG_OP
-        USING ERRCODE = 'object_in_use';
-END
-$$;
-
--- =============================================================================================
--- 0009_fhir: the FHIR export's scoping function (raw readings with device and offset).
--- =============================================================================================
--- FHIR export: one patient's raw readings with their device and UTC offset, for the acting user
--- only. Needed because the API role has no grant on rpm.readings, and the existing scoping
--- function rpm.patient_vitals_timeline returns time and value only (a FHIR Observation also
--- needs the device reference, the device's offset and the client's reading id).
---
--- Rows come in (measured_at, device_id, resource_key) order, keyset-paginated on that key.
--- resource_key groups the two halves of a blood-pressure measurement ('blood_pressure' for
--- bp_systolic and bp_diastolic, the metric code otherwise), so a page never separates the
--- systolic from the diastolic of the same device and time: the export pairs them into one
--- panel Observation (85354-9) and continues after the whole group.
-CREATE FUNCTION rpm.fhir_patient_readings(
-    p_patient uuid,
-    p_metrics smallint[],  -- NULL: every metric
-    p_start timestamptz,   -- inclusive
-    p_end timestamptz,     -- exclusive
-    p_after_at timestamptz,  -- keyset: the last group of the previous page (NULL: first page)
-    p_after_device uuid,
-    p_after_key text,
-    p_limit integer
-) RETURNS TABLE (
-    measured_at timestamptz,
-    device_id uuid,
-    resource_key text,
-    metric_id smallint,
-    value double precision,
-    utc_offset_minutes smallint,
-    client_reading_id text
-)
-    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS
-$$
-BEGIN
-    IF rpm.can_see_patient(p_patient) THEN
-        RETURN QUERY
-        SELECT r.measured_at, r.device_id, k.resource_key, r.metric_id, r.value,
-               r.utc_offset_minutes, r.client_reading_id
-        FROM rpm.readings r
-        JOIN rpm.metrics m ON m.metric_id = r.metric_id
-        CROSS JOIN LATERAL (
-            SELECT CASE WHEN m.code IN ('bp_systolic', 'bp_diastolic') THEN 'blood_pressure'
-                        ELSE m.code END AS resource_key
-        ) k
-        WHERE r.patient_id = p_patient
-          AND r.measured_at >= p_start AND r.measured_at < p_end
-          AND (p_metrics IS NULL OR r.metric_id = ANY (p_metrics))
-          AND (p_after_at IS NULL
-               OR (r.measured_at, r.device_id, k.resource_key)
-                  > (p_after_at, p_after_device, p_after_key))
-        ORDER BY r.measured_at, r.device_id, k.resource_key, r.metric_id
-        LIMIT p_limit;
-    END IF;
-END
-$$;
-REVOKE ALL ON FUNCTION
-    rpm.fhir_patient_readings(uuid, smallint[], timestamptz, timestamptz, timestamptz, uuid,
-                              text, integer)
-    FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION
-    rpm.fhir_patient_readings(uuid, smallint[], timestamptz, timestamptz, timestamptz, uuid,
-                              text, integer)
-    TO rpmstore_api;
-
--- ---------------------------------------------------------------------------------------------
--- Timeline plans (migration 0010): rpm.vitals_timeline without parallel workers and with a
--- generic plan. A timeline reads a few rows of one patient, but the planner cannot see that the
--- on-the-fly tail of the rollup views is small and starts parallel workers, which cost more
--- (about 15 ms) than the whole query; planning the nested rollup views and the readings chunks
--- costs more than running them (2-3 ms), and the plan does not depend on the arguments.
--- ---------------------------------------------------------------------------------------------
-ALTER FUNCTION rpm.vitals_timeline(uuid, smallint, timestamptz, timestamptz, text)
-    SET max_parallel_workers_per_gather = 0;
-ALTER FUNCTION rpm.vitals_timeline(uuid, smallint, timestamptz, timestamptz, text)
-    SET plan_cache_mode = force_generic_plan;
-
 -- ---------------------------------------------------------------------------------------------
 -- Alert outbox (migration 0011): evaluation requests written in each ingest batch's transaction.
 -- ---------------------------------------------------------------------------------------------
@@ -1350,135 +844,6 @@ CREATE TABLE rpm.alert_outbox (
 );
 COMMENT ON TABLE rpm.alert_outbox IS
     'Alert evaluations requested by committed ingest batches; claimed and deleted by alert workers.';
-
--- ---------------------------------------------------------------------------------------------
--- Device change notifications (migration 0012): ingest's device caches drop a changed device.
--- ---------------------------------------------------------------------------------------------
-CREATE FUNCTION rpm.notify_device_changed() RETURNS trigger
-    LANGUAGE plpgsql AS
-$$
-BEGIN
-    IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        PERFORM pg_notify('rpm_device_changed', OLD.device_id::text);
-    END IF;
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        PERFORM pg_notify('rpm_device_changed', NEW.device_id::text);  -- same payload: folded
-    END IF;
-    RETURN NULL;
-END
-$$;
-
-CREATE TRIGGER devices_notify_changed
-    AFTER INSERT OR UPDATE OR DELETE ON rpm.devices
-    FOR EACH ROW EXECUTE FUNCTION rpm.notify_device_changed();
-CREATE TRIGGER device_assignments_notify_changed
-    AFTER INSERT OR UPDATE OR DELETE ON rpm.device_assignments
-    FOR EACH ROW EXECUTE FUNCTION rpm.notify_device_changed();
-
--- ---------------------------------------------------------------------------------------------
--- Scoping functions planned once per session (migration 0013): rpm.visible_patient_ids,
--- rpm.can_see_patient and rpm.latest_vitals in PL/pgSQL with a generic plan, same answers.
--- ---------------------------------------------------------------------------------------------
--- Scoping functions planned once per session (same answers as migration 0006, less work).
--- Every clinician read goes through rpm.visible_patient_ids() (the RLS policies' hashed
--- subplan), rpm.can_see_patient() or rpm.latest_vitals(). As SQL functions that cannot be
--- inlined (SECURITY DEFINER), their bodies were parsed and planned again in every statement
--- (0.7 ms for the visible set, 1.5 ms for latest vitals over the readings chunks: more than
--- running them). In PL/pgSQL the plans are cached per session; the plans do not depend on the
--- arguments (index probes), so the generic plan is forced.
--- - visible_patient_ids: the admin branch and the clinician branch are chosen once instead of
---   both being planned (an admin sees every patient, a superset of any team's).
--- - can_see_patient: one patient's membership is an index probe, not the whole visible set.
--- - latest_vitals: the requested patients are checked against the visible set once, before the
---   per-metric probes.
-
-CREATE OR REPLACE FUNCTION rpm.visible_patient_ids() RETURNS SETOF uuid
-    LANGUAGE plpgsql STABLE SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-    SET plan_cache_mode = force_generic_plan AS
-$$
-BEGIN
-    IF rpm.acting_is_admin() THEN
-        RETURN QUERY SELECT p.patient_id FROM rpm.patients p;
-    ELSIF rpm.acting_subject() IS NOT NULL AND 'clinician' = ANY (rpm.acting_roles()) THEN
-        -- The acting clinician's live teams first (a handful of rows), then their patients.
-        RETURN QUERY
-        WITH teams AS MATERIALIZED (
-            SELECT t.care_team_id
-            FROM rpm.clinicians c
-            JOIN rpm.care_team_members m ON m.clinician_id = c.clinician_id
-            JOIN rpm.care_teams t ON t.care_team_id = m.care_team_id AND t.deleted_at IS NULL
-            WHERE c.subject = rpm.acting_subject()
-              AND c.deleted_at IS NULL
-              AND m.care_team_id::text = ANY (
-                  string_to_array(nullif(current_setting('rpm.acting_care_teams', true), ''),
-                                  ','))
-        )
-        SELECT DISTINCT ctp.patient_id
-        FROM teams
-        JOIN rpm.care_team_patients ctp ON ctp.care_team_id = teams.care_team_id;
-    END IF;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION rpm.can_see_patient(p_patient uuid) RETURNS boolean
-    LANGUAGE plpgsql STABLE SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-    SET plan_cache_mode = force_generic_plan AS
-$$
-BEGIN
-    IF p_patient IS NULL THEN
-        RETURN NULL;  -- as NULL IN (...) was
-    ELSIF rpm.acting_is_admin() THEN
-        RETURN EXISTS (SELECT FROM rpm.patients p WHERE p.patient_id = p_patient);
-    ELSIF rpm.acting_subject() IS NOT NULL AND 'clinician' = ANY (rpm.acting_roles()) THEN
-        RETURN EXISTS (
-            SELECT
-            FROM rpm.care_team_patients ctp
-            JOIN rpm.care_teams t ON t.care_team_id = ctp.care_team_id AND t.deleted_at IS NULL
-            JOIN rpm.care_team_members m ON m.care_team_id = ctp.care_team_id
-            JOIN rpm.clinicians c ON c.clinician_id = m.clinician_id
-            WHERE ctp.patient_id = p_patient
-              AND c.subject = rpm.acting_subject()
-              AND c.deleted_at IS NULL
-              AND m.care_team_id::text = ANY (
-                  string_to_array(nullif(current_setting('rpm.acting_care_teams', true), ''),
-                                  ',')));
-    END IF;
-    RETURN false;
-END
-$$;
-
--- Newest reading per metric for each requested patient the acting user may see. "Latest" is the
--- newest measurement time, never the last received; one index probe per (patient, metric).
-CREATE OR REPLACE FUNCTION rpm.latest_vitals(p_patients uuid[])
-    RETURNS TABLE (patient_id uuid, metric_id smallint, measured_at timestamptz,
-                   value double precision, utc_offset_minutes smallint, device_id uuid,
-                   received_at timestamptz)
-    LANGUAGE plpgsql STABLE SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-    SET plan_cache_mode = force_generic_plan AS
-$$
-BEGIN
-    RETURN QUERY
-    WITH visible AS MATERIALIZED (
-        SELECT DISTINCT requested.id AS patient_id
-        FROM unnest(p_patients) AS requested (id)
-        WHERE requested.id IN (SELECT rpm.visible_patient_ids())
-    )
-    SELECT v.patient_id, m.metric_id, r.measured_at, r.value, r.utc_offset_minutes,
-           r.device_id, r.received_at
-    FROM visible v
-    CROSS JOIN rpm.metrics m
-    CROSS JOIN LATERAL (
-        SELECT rd.measured_at, rd.value, rd.utc_offset_minutes, rd.device_id, rd.received_at
-        FROM rpm.readings rd
-        WHERE rd.patient_id = v.patient_id AND rd.metric_id = m.metric_id
-        ORDER BY rd.measured_at DESC
-        LIMIT 1
-    ) r;
-END
-$$;
 
 -- ---------------------------------------------------------------------------------------------
 -- Rollup keys covering every column: timelines read buckets by index-only scans (migration 0014).

@@ -1,4 +1,4 @@
-"""``rpmstore migrate [status|up|down]``: the schema migrations."""
+"""``rpmstore migrate [status|up|down]``: the schema migrations and the idempotent layer."""
 
 from __future__ import annotations
 
@@ -18,17 +18,30 @@ def _migrator(settings: Settings, conn: psycopg.Connection) -> Migrator:
 
 def _status(settings: Settings, _args: argparse.Namespace) -> int:
     with psycopg.connect(endpoints.database_url(settings), autocommit=True) as conn:
-        states = _migrator(settings, conn).status()
+        migrator = _migrator(settings, conn)
+        states = migrator.status()
+        layer = migrator.layer_status()
     for state in states:
         applied = f"  applied {state.applied_at:%Y-%m-%d %H:%M:%S%z}" if state.applied_at else ""
         say(f"{state.version:04d}_{state.name:<30} {state.status}{applied}")
+    # The idempotent layer (functions, views, triggers, policies): applied at the newest migration.
+    last = ""
+    if layer.applied_at is not None and layer.applied_checksum is not None:
+        last = f"  {'applied' if layer.status == 'applied' else 'last applied'} "
+        last += f"{layer.applied_at:%Y-%m-%d %H:%M:%S%z}"
+        if layer.applied_checksum != layer.checksum:
+            last += f" ({layer.applied_checksum[:12]})"
+    say(f"{'layer ' + layer.checksum[:12]:<35} {layer.status}{last}")
     return 0 if all(s.status in ("applied", "pending") for s in states) else 1
 
 
 def _up(settings: Settings, args: argparse.Namespace) -> int:
     with psycopg.connect(endpoints.database_url(settings), autocommit=True) as conn:
-        applied = _migrator(settings, conn).up(target=args.to)
-    say("\n".join(f"applied {m.label}" for m in applied) or "schema is up to date")
+        upgrade = _migrator(settings, conn).upgrade(target=args.to)
+    lines = [f"applied {m.label}" for m in upgrade.migrations]
+    if upgrade.layer is not None:
+        lines.append(f"applied layer {upgrade.layer.checksum[:12]}")
+    say("\n".join(lines) or "schema is up to date")
     return 0
 
 

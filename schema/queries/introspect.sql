@@ -52,6 +52,15 @@ JOIN pg_namespace n ON n.oid = p.pronamespace
 WHERE n.nspname = ANY (%(schemas)s)
 ORDER BY 1, 2, 3;
 
+-- name: function_privileges
+-- Who may execute each function: the layer revokes PUBLIC's default and grants the API role.
+SELECT n.nspname, p.proname, pg_get_function_identity_arguments(p.oid),
+       coalesce(array_to_string(p.proacl, ','), '')
+FROM pg_proc p
+JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname = ANY (%(schemas)s)
+ORDER BY 1, 2, 3;
+
 -- name: views
 -- Continuous aggregates' views (TSL) name their materialization by internal id, which changes
 -- when they are dropped and created again: compare the definitions without it.

@@ -26,3 +26,22 @@ SELECT pg_try_advisory_lock(%(lock_class)s, %(lock_object)s);
 
 -- name: unlock
 SELECT pg_advisory_unlock(%(lock_class)s, %(lock_object)s);
+
+-- name: layer_ledger_exists
+SELECT to_regclass('rpm_meta.layer_applications') IS NOT NULL;
+
+-- name: last_layer_application
+SELECT checksum, migration_event, applied_at
+FROM rpm_meta.layer_applications
+ORDER BY application_id DESC
+LIMIT 1;
+
+-- name: last_migration_event
+SELECT coalesce(max(event_id), 0) FROM rpm_meta.migration_log;
+
+-- name: record_layer_application
+INSERT INTO rpm_meta.layer_applications
+    (checksum, files, migration_version, migration_event, execution_ms)
+SELECT %(checksum)s, %(files)s, %(migration_version)s, coalesce(max(event_id), 0),
+       %(execution_ms)s
+FROM rpm_meta.migration_log;

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from rpmstore.cli import main
-from schema.migrate import discover_migrations
+from schema.migrate import discover_layer, discover_migrations
 from schema.registry import register_device
 from tests.conftest import free_port
 
@@ -37,7 +37,10 @@ def test_migrate_up_then_status(
     assert main(["migrate", "status"]) == 0
     assert all(line.endswith("pending") for line in capsys.readouterr().out.splitlines())
     assert main(["migrate", "up"]) == 0
-    assert capsys.readouterr().out.splitlines() == [f"applied {label}" for label in labels]
+    assert capsys.readouterr().out.splitlines() == [
+        *(f"applied {label}" for label in labels),
+        f"applied layer {discover_layer().checksum[:12]}",
+    ]
     assert main(["migrate", "up"]) == 0
     assert capsys.readouterr().out.strip() == "schema is up to date"
     assert main(["migrate", "down", "1"]) == 0

@@ -6,7 +6,14 @@ from importlib import resources
 
 import pytest
 
-from schema.migrate import NO_TRANSACTION_MARKER, Migration, discover_migrations
+from schema.migrate import (
+    NO_TRANSACTION_MARKER,
+    Layer,
+    LayerFile,
+    Migration,
+    discover_layer,
+    discover_migrations,
+)
 from schema.sql import QueryFileError, parse_queries, queries
 
 
@@ -57,3 +64,24 @@ def test_checksum_and_transaction_mode_come_from_the_file_text() -> None:
     assert plain.transactional
     assert not concurrent.transactional
     assert plain.label == "0001_x"
+
+
+def test_layer_files_run_in_name_order_and_are_checksummed_with_their_names() -> None:
+    layer = discover_layer()
+    names = [file.name for file in layer.files]
+    assert names == sorted(names)
+    assert names[0].startswith("10_")
+    a, b = LayerFile("10_a.sql", "SELECT 1;"), LayerFile("20_b.sql", "SELECT 2;")
+    assert Layer((a, b)).checksum != Layer((b, a)).checksum
+    assert Layer((a,)).checksum != Layer((LayerFile("11_a.sql", a.sql),)).checksum
+    assert len(Layer((a, b)).checksum) == 64
+
+
+def test_layer_holds_no_versioned_ddl() -> None:
+    """Tables, columns and indexes are versioned: they belong in a numbered migration."""
+    for file in discover_layer().files:
+        text = file.sql.upper()
+        for statement in ("CREATE TABLE", "ALTER TABLE RPM.", "CREATE INDEX", "DROP TABLE"):
+            if statement == "ALTER TABLE RPM." and "ENABLE ROW LEVEL SECURITY" in text:
+                continue
+            assert statement not in text, f"{file.name}: {statement}"
