@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint bench loadtest soak install host-deps db-up db-down clean
+.PHONY: demo test quick lint bench loadtest soak install host-deps db-up db-down clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ lint: install
 
 test: host-deps lint
 	$(BIN)/python -m pytest
+
+# The inner loop: everything but the tests marked slow (fault injection, re-chunk runs, whole
+# stacks and wards, Schemathesis); no lint. `make test` still runs everything.
+quick: host-deps install
+	$(BIN)/python -m pytest -m "not slow"
 
 # Speed, not behaviour: ratio benchmarks against baselines measured in the same run
 # (reports/bench-*.json). Not part of `make test`.

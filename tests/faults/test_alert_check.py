@@ -14,6 +14,8 @@ from tests.faults.episodes import (
     SYSTOLIC_ABOVE_180,
 )
 
+pytestmark = pytest.mark.slow  # whole ward runs checked for lost or doubled alerts
+
 _COLUMNS = (
     "rule_id, patient_id, status, severity, rule_snapshot, first_breach_at, last_breach_at,"
     " last_value, peak_value, breach_count, resolved_at, resolved_by, resolution"

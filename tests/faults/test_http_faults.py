@@ -27,6 +27,8 @@ from tests.faults.conftest import (
     wait_until,
 )
 
+pytestmark = pytest.mark.slow  # servers killed and restarted under load
+
 PAYLOADS = 450
 RATE = 150.0  # payloads per second
 

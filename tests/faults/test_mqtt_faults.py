@@ -31,6 +31,8 @@ from tests.faults.conftest import (
 )
 from tests.faults.proxy import HoldingProxy
 
+pytestmark = pytest.mark.slow  # servers killed and restarted under load
+
 PAYLOADS = 450  # about 700 stored rows
 RATE = 150.0  # payloads per second: the ward sends for about 3 s, the fault lands in the middle
 INGEST_APP = "rpmstore-ingest-mqtt"  # the ingestor's application_name (ingest/runtime.py)

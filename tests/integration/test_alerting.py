@@ -689,6 +689,7 @@ def test_failing_evaluation_neither_fails_the_ack_nor_loses_the_evaluation(
     assert [a["rule_id"] for a in alerts(conn, patient)] == [SPO2_BELOW_85]
 
 
+@pytest.mark.slow  # many random arrival orders, each evaluated through the outbox
 @pytest.mark.parametrize("sustained", [timedelta(0), timedelta(minutes=3)])
 def test_any_arrival_order_leaves_alerts_consistent_with_the_readings(
     conn: psycopg.Connection, db_url: str, sustained: timedelta

@@ -6,12 +6,15 @@ import threading
 
 import paho.mqtt.client as mqtt
 import psycopg
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ingest.mqtt import shutdown_client
 from schema.registry import broker_device_accounts, register_device
 from tests.conftest import Broker
+
+pytestmark = pytest.mark.slow  # waits for the broker to reload its accounts
 
 
 def connect_code(broker: Broker, username: str, password: str) -> ReasonCode:

@@ -22,6 +22,8 @@ from schema.registry import register_device
 from tests.conftest import Broker, free_port
 from tests.integration.test_device_broker_accounts import connect_code
 
+pytestmark = pytest.mark.slow  # starts and stops whole local stacks
+
 
 @pytest.fixture
 def stack_settings(

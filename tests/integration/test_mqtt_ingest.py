@@ -37,6 +37,8 @@ from rpmstore.localstack.mosquitto import GATEWAY_USER, INGEST_USER
 from schema.registry import assign_device, register_device, register_patient
 from tests.conftest import Broker, PgServer
 
+pytestmark = pytest.mark.slow  # ingestor processes started, killed and restarted
+
 WAIT_S = 60
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=6)
 

@@ -28,6 +28,8 @@ from schema.registry import PatientIdentity, assign_device, register_device, reg
 from tests.apphelpers import bearer
 from tests.conftest import free_port
 
+pytestmark = pytest.mark.slow  # Schemathesis over every operation
+
 TEAM = "INSERT INTO rpm.care_teams (name) VALUES ('fuzz') RETURNING care_team_id"
 CLINICIAN = (
     "INSERT INTO rpm.clinicians (subject, display_name) VALUES ('fuzzer', 'F') "

@@ -35,6 +35,8 @@ from rpmstore.localstack.debian_root import PG_BIN, DebianRoot
 from schema.introspect import describe
 from tests.conftest import PgServer
 
+pytestmark = pytest.mark.slow  # whole re-chunk runs in subprocesses
+
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 SEED_START = NOW - timedelta(days=35)
 SEED_DEVICES = 20

@@ -32,6 +32,8 @@ from rpmstore.simulate_ward import Shares
 from rpmstore.ward_demo import DemoOptions, child, free_port, run_ward_demo, wait_ready
 from tests.conftest import Broker
 
+pytestmark = pytest.mark.slow  # simulated wards over both transports
+
 # High shares so that every kind of traffic occurs in a 2-second run of ~100 readings/s.
 SHARES = Shares(retry=0.12, late=0.12, bad=0.12)
 
