@@ -46,7 +46,7 @@ def create_app(
     *,
     database_url: str,
     api_database_url: str | None,
-    auth: AuthConfig,
+    auth: AuthConfig | None,
     role: ServeRole = "all",
     pool_max_size: int = 10,
     ingest_limits: IngestLimits | None = None,
@@ -54,14 +54,16 @@ def create_app(
 ) -> FastAPI:
     """Build the API for one database; nothing connects until the app starts.
 
-    ``role`` chooses the routes served (see the module docstring); ``api_database_url`` may be
-    None only for the ``ingest`` role, which never acts for a clinician.
+    ``role`` chooses the routes served (see the module docstring); ``api_database_url`` and
+    ``auth`` may be None only for the ``ingest`` role, which never acts for a clinician.
     """
     if role not in SERVE_ROLES:
         raise ValueError(f"unknown role {role!r}: one of {', '.join(SERVE_ROLES)}")
     serves_api = role != "ingest"
     if serves_api and api_database_url is None:
         raise ValueError(f"role {role!r} needs api_database_url (the rpmstore_api role)")
+    if serves_api and auth is None:
+        raise ValueError(f"role {role!r} needs auth (a key to verify clinician tokens)")
     pool = AsyncConnectionPool(
         database_url, open=False, min_size=1, max_size=pool_max_size, name="api"
     )

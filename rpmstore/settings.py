@@ -9,9 +9,6 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Known to everyone who reads this file: accepted only when RPMSTORE_ENVIRONMENT is "dev".
-DEV_JWT_SECRET = "rpmstore-dev-only-jwt-secret-not-for-production"
-
 
 def _default_home() -> Path:
     return Path.home() / ".cache" / "rpmstore"
@@ -40,9 +37,10 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("API_DATABASE_URL", "RPMSTORE_API_DATABASE_URL"),
     )
-    # "dev" allows the built-in JWT secret; anything else refuses to start with it.
-    environment: str = Field(default="dev", pattern=r"^[a-z][a-z0-9_-]*$")
-    jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
+    # No default on purpose: a secret in the source is a secret everyone has. Unset, the
+    # embedded stack's generated one is used (when the database is the stack's too); with
+    # neither, `rpmstore serve` refuses to start (rpmstore/endpoints.py: jwt_secret).
+    jwt_secret: SecretStr | None = None
     # HS256 with jwt_secret, or RS256/ES256 with jwt_public_key (PEM) from the identity provider.
     jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
     jwt_public_key: str | None = None
