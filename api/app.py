@@ -30,6 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 from alerting import AlertingOptions
 from api.access import NotVisibleError, check_api_role
 from api.auth import AuthConfig
+from api.edge import EdgeLimits, install_edge
 from api.job_stats import TimescaleJobStats
 from api.routes import admin, alerts, audit, fhir, health, patients, readings
 from ingest import IngestLimits, open_ingest_runtime
@@ -51,6 +52,7 @@ def create_app(
     pool_max_size: int = 10,
     ingest_limits: IngestLimits | None = None,
     alerting: AlertingOptions | None = None,
+    edge_limits: EdgeLimits | None = None,
 ) -> FastAPI:
     """Build the API for one database; nothing connects until the app starts.
 
@@ -112,6 +114,8 @@ def create_app(
         version=version("rpmstore"),
         lifespan=lifespan,
     )
+    # Body timeout, content type, failed-auth and per-device budgets (api/edge.py).
+    install_edge(app, edge_limits or EdgeLimits(), registry)
     app.include_router(health.router)
     if role != "api":
         app.include_router(readings.router)

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from alerting import AlertingOptions
 from api.app import ServeRole, create_app
 from api.auth import AuthConfig
+from api.edge import EdgeLimits
 from rpmstore import endpoints
 from rpmstore.localstack.errors import StackNotRunningError
 from rpmstore.logs import configure_logging
@@ -26,6 +27,7 @@ class AppSettings(TypedDict):
     auth: AuthConfig | None
     role: ServeRole
     alerting: AlertingOptions
+    edge_limits: EdgeLimits
 
 
 def app_settings(settings: Settings, role: ServeRole | None = None) -> AppSettings:
@@ -52,6 +54,17 @@ def app_settings(settings: Settings, role: ServeRole | None = None) -> AppSettin
         role=role,
         # No sweep here: the MQTT ingestor or `rpmstore alerts run` sweeps.
         alerting=AlertingOptions(enabled=settings.alerts_inline),
+        edge_limits=edge_limits(settings),
+    )
+
+
+def edge_limits(settings: Settings) -> EdgeLimits:
+    return EdgeLimits(
+        body_timeout_s=settings.http_body_timeout_s,
+        device_rate_per_s=settings.http_device_rate_per_s,
+        device_burst=settings.http_device_burst,
+        auth_failure_rate_per_s=settings.http_auth_failure_rate_per_s,
+        auth_failure_burst=settings.http_auth_failure_burst,
     )
 
 
