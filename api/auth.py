@@ -73,8 +73,9 @@ class AuthConfig:
                 raise InsecureAuthConfigError(
                     "no key to verify clinician tokens: set RPMSTORE_JWT_SECRET (HS256, at "
                     "least 32 random characters) or RPMSTORE_JWT_ALGORITHM and "
-                    "RPMSTORE_JWT_PUBLIC_KEY (your identity provider's), or run 'rpmstore db up' "
-                    "for the embedded stack's generated secret"
+                    "RPMSTORE_JWT_PUBLIC_KEY (your identity provider's); the embedded stack "
+                    "('rpmstore db up') supplies its generated secret only while DATABASE_URL "
+                    "is unset"
                 )
             # HS256 with a short secret can be brute-forced offline from any one token.
             if len(secret) < MIN_SECRET_CHARS:
