@@ -30,6 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 from alerting import AlertingOptions
 from api.access import NotVisibleError, check_api_role
 from api.auth import AuthConfig
+from api.edge import EdgeLimits, install_edge
 from api.job_stats import TimescaleJobStats
 from api.routes import admin, alerts, audit, fhir, health, patients, readings
 from ingest import IngestLimits, open_ingest_runtime
@@ -46,22 +47,25 @@ def create_app(
     *,
     database_url: str,
     api_database_url: str | None,
-    auth: AuthConfig,
+    auth: AuthConfig | None,
     role: ServeRole = "all",
     pool_max_size: int = 10,
     ingest_limits: IngestLimits | None = None,
     alerting: AlertingOptions | None = None,
+    edge_limits: EdgeLimits | None = None,
 ) -> FastAPI:
     """Build the API for one database; nothing connects until the app starts.
 
-    ``role`` chooses the routes served (see the module docstring); ``api_database_url`` may be
-    None only for the ``ingest`` role, which never acts for a clinician.
+    ``role`` chooses the routes served (see the module docstring); ``api_database_url`` and
+    ``auth`` may be None only for the ``ingest`` role, which never acts for a clinician.
     """
     if role not in SERVE_ROLES:
         raise ValueError(f"unknown role {role!r}: one of {', '.join(SERVE_ROLES)}")
     serves_api = role != "ingest"
     if serves_api and api_database_url is None:
         raise ValueError(f"role {role!r} needs api_database_url (the rpmstore_api role)")
+    if serves_api and auth is None:
+        raise ValueError(f"role {role!r} needs auth (a key to verify clinician tokens)")
     pool = AsyncConnectionPool(
         database_url, open=False, min_size=1, max_size=pool_max_size, name="api"
     )
@@ -110,6 +114,8 @@ def create_app(
         version=version("rpmstore"),
         lifespan=lifespan,
     )
+    # Body timeout, content type, failed-auth and per-device budgets (api/edge.py).
+    install_edge(app, edge_limits or EdgeLimits(), registry)
     app.include_router(health.router)
     if role != "api":
         app.include_router(readings.router)

@@ -18,10 +18,11 @@ Role = Literal["clinician", "ops", "admin"]
 ROLES: frozenset[str] = frozenset({"clinician", "ops", "admin"})
 # Tokens are short-lived; a little clock skew between the IdP and this host is normal.
 LEEWAY_S = 30
+MIN_SECRET_CHARS = 32
 
 
 class InsecureAuthConfigError(RuntimeError):
-    """The API would accept tokens signed with a secret everyone knows."""
+    """The API has no key to verify tokens with, or one too weak to trust."""
 
 
 class AuthError(Exception):
@@ -60,23 +61,27 @@ class AuthConfig:
     def build(
         cls,
         *,
-        environment: str,
-        secret: str,
-        dev_secret: str,
+        secret: str | None,
         algorithm: str,
         public_key: str | None,
         issuer: str,
         audience: str,
     ) -> AuthConfig:
-        """Refuse the well-known development secret anywhere but in ``dev``."""
+        """A verifier, or a refusal: there is no built-in key to fall back on."""
         if algorithm == "HS256":
-            if secret == dev_secret and environment != "dev":
+            if not secret:
                 raise InsecureAuthConfigError(
-                    f"RPMSTORE_JWT_SECRET is the built-in development secret while "
-                    f"RPMSTORE_ENVIRONMENT is {environment!r}: set a secret of your own"
+                    "no key to verify clinician tokens: set RPMSTORE_JWT_SECRET (HS256, at "
+                    "least 32 random characters) or RPMSTORE_JWT_ALGORITHM and "
+                    "RPMSTORE_JWT_PUBLIC_KEY (your identity provider's); the embedded stack "
+                    "('rpmstore db up') supplies its generated secret only while DATABASE_URL "
+                    "is unset"
                 )
-            if len(secret) < 32:
-                raise InsecureAuthConfigError("RPMSTORE_JWT_SECRET must be at least 32 characters")
+            # HS256 with a short secret can be brute-forced offline from any one token.
+            if len(secret) < MIN_SECRET_CHARS:
+                raise InsecureAuthConfigError(
+                    f"RPMSTORE_JWT_SECRET must be at least {MIN_SECRET_CHARS} characters"
+                )
             return cls(secret, algorithm, issuer, audience)
         if not public_key:
             raise InsecureAuthConfigError(

@@ -52,6 +52,18 @@ def mqtt_url(settings: Settings) -> str:
     return local.mqtt_url
 
 
+def jwt_secret(settings: Settings) -> str | None:
+    """The HS256 secret of clinician tokens: ``RPMSTORE_JWT_SECRET``, else the local stack's
+    generated one, only when the database is the local stack's too; None: there is none."""
+    from rpmstore.localstack import stack
+
+    if settings.jwt_secret is not None and settings.jwt_secret.get_secret_value():
+        return settings.jwt_secret.get_secret_value()
+    if settings.database_url:
+        return None  # explicit servers: never read the developer's stack (see the docstring)
+    return stack.jwt_secret(settings, _local(settings))
+
+
 def stack_urls(settings: Settings) -> StackUrls:
     """Every URL, for the developer commands (``db url``, ``demo``, ``simulate``)."""
     from rpmstore.localstack import stack

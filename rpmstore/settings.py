@@ -9,9 +9,6 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Known to everyone who reads this file: accepted only when RPMSTORE_ENVIRONMENT is "dev".
-DEV_JWT_SECRET = "rpmstore-dev-only-jwt-secret-not-for-production"
-
 
 def _default_home() -> Path:
     return Path.home() / ".cache" / "rpmstore"
@@ -40,9 +37,10 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("API_DATABASE_URL", "RPMSTORE_API_DATABASE_URL"),
     )
-    # "dev" allows the built-in JWT secret; anything else refuses to start with it.
-    environment: str = Field(default="dev", pattern=r"^[a-z][a-z0-9_-]*$")
-    jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
+    # No default on purpose: a secret in the source is a secret everyone has. Unset, the
+    # embedded stack's generated one is used (when the database is the stack's too); with
+    # neither, `rpmstore serve` refuses to start (rpmstore/endpoints.py: jwt_secret).
+    jwt_secret: SecretStr | None = None
     # HS256 with jwt_secret, or RS256/ES256 with jwt_public_key (PEM) from the identity provider.
     jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
     jwt_public_key: str | None = None
@@ -65,6 +63,17 @@ class Settings(BaseSettings):
     mqtt_client_id: str | None = None
     mqtt_group: str = "rpmstore-ingest"
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Limits at the HTTP edge (api/edge.py, docs/operations/edge-limits.md); a rate of 0 turns
+    # its limit off. The whole body must arrive within the timeout of the headers: a largest
+    # readings payload (256 kB) takes about 21 s at 100 kbit/s, a slow cellular link. A
+    # device gets 10 requests a second, bursts of 50: ample for a device catching up after an
+    # outage (up to 1,000 readings a request), far below a runaway one. Each 401 costs the
+    # client address a token: 50 at once, then one a second.
+    http_body_timeout_s: float = Field(default=30.0, gt=0)
+    http_device_rate_per_s: float = Field(default=10.0, ge=0)
+    http_device_burst: int = Field(default=50, ge=1)
+    http_auth_failure_rate_per_s: float = Field(default=1.0, ge=0)
+    http_auth_failure_burst: int = Field(default=50, ge=1)
     # Rollups (jobs/rollups.py): buckets older than the raw horizon are never recomputed from
     # raw readings (keep it shorter than raw retention, or a refresh could erase rollups whose
     # raw chunks were dropped); the newest `lag` stays aggregated on the fly.

@@ -156,6 +156,11 @@ class HttpSender:
                 log.warning("POST /v1/readings failed (attempt %d): %s", attempt, exc)
                 await asyncio.sleep(min(0.2 * 2**attempt, _MAX_RETRY_AFTER_S))
                 continue
+            if response.status_code == 429:
+                # Over the device's rate (api/edge.py): refused before anything ran, like busy.
+                self.delivery.transport["HTTP 429 retried"] += 1
+                await asyncio.sleep(_retry_after(response))
+                continue
             if response.status_code == 503:
                 self.delivery.transport["HTTP 503 retried"] += 1
                 if _problem_reason(response) != "busy":  # busy: refused before anything ran

@@ -138,6 +138,9 @@ def child_env(urls: StackUrls) -> dict[str, str]:
     }
     if urls.api_database_url:
         env["API_DATABASE_URL"] = urls.api_database_url
+    # The API verifies the demo's clinician tokens with the secret they were signed with.
+    if urls.jwt_secret:
+        env["RPMSTORE_JWT_SECRET"] = urls.jwt_secret
     return env
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from typing import Any
 
@@ -9,12 +10,13 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.auth import AuthConfig, issue_token
-from rpmstore.settings import DEV_JWT_SECRET
+
+# The suite's own deployment secret, new every run (there is no built-in one): tests/conftest.py
+# hands it to every `rpmstore` process the suite starts as RPMSTORE_JWT_SECRET.
+TEST_JWT_SECRET = secrets.token_urlsafe(32)
 
 TEST_AUTH = AuthConfig.build(
-    environment="dev",
-    secret=DEV_JWT_SECRET,
-    dev_secret=DEV_JWT_SECRET,
+    secret=TEST_JWT_SECRET,
     algorithm="HS256",
     public_key=None,
     issuer="rpmstore",
@@ -31,7 +33,7 @@ def bearer(
 ) -> dict[str, str]:
     token = issue_token(
         TEST_AUTH,
-        DEV_JWT_SECRET,
+        TEST_JWT_SECRET,
         subject=subject,
         roles=roles,
         care_teams=care_teams or [],

@@ -6,6 +6,10 @@ port and deletes it afterwards. Each test gets a fresh database cloned from a te
 migrated once (``CREATE DATABASE ... TEMPLATE``), so tests never share data or clean up by DELETE.
 
 Mosquitto: the suite starts its own broker on a free port with the shipped policy.
+
+Clinician tokens: the suite is a deployment with its own JWT secret (``TEST_JWT_SECRET``, new
+every run), set as ``RPMSTORE_JWT_SECRET`` for the whole session so that every ``rpmstore``
+process a test starts verifies the tokens the tests sign.
 """
 
 from __future__ import annotations
@@ -33,10 +37,19 @@ from rpmstore.localstack.postgres import SUPERUSER, PostgresInstance, new_passwo
 from rpmstore.localstack.stack import mqtt_url, postgres_url
 from rpmstore.settings import Settings
 from schema.migrate import Migrator
+from tests.apphelpers import TEST_JWT_SECRET
 
 TEST_OWNER = "rpmstore_test_owner"
 # Cluster-wide, fixed name: migration 0006 grants to it (see rpmstore.localstack.model.API_ROLE).
 TEST_API_ROLE = API_ROLE
+
+
+@pytest.fixture(scope="session", autouse=True)
+def jwt_secret_in_environment() -> Iterator[str]:
+    """``RPMSTORE_JWT_SECRET`` for the session (see the module docstring)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RPMSTORE_JWT_SECRET", TEST_JWT_SECRET)
+        yield TEST_JWT_SECRET
 
 
 def free_port() -> int:

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from api.deps import IngestDep
+from api.edge import EdgeDep
 from ingest import (
     MAX_PAYLOAD_BYTES,
     BufferFullError,
@@ -99,14 +100,22 @@ def _problem(code: int, reason: str, detail: str, headers: dict[str, str] | None
         400: {"model": Problem, "description": "Not JSON"},
         401: {"model": Problem, "description": "Missing or unknown device token"},
         403: {"model": Problem, "description": "Payload names another device"},
+        408: {"model": Problem, "description": "The body did not arrive in time"},
         413: {"model": Problem, "description": "Payload too large"},
+        415: {"model": Problem, "description": "A Content-Type other than JSON"},
         422: {"model": Problem, "description": "JSON that is not a readings payload"},
+        429: {
+            "model": Problem,
+            "description": "Too many requests from this device, or too many failed "
+            "authentications from this address; retry after Retry-After seconds",
+        },
         503: {"model": Problem, "description": "Buffer full or database unavailable; retry"},
     },
 )
 async def post_readings(
     request: Request,
     ingest: IngestDep,
+    edge: EdgeDep,
     authorization: Annotated[str | None, Header()] = None,
 ) -> Any:
     """Store a batch of one device's readings; answered after COMMIT.
@@ -135,6 +144,7 @@ async def post_readings(
                     "no device has this token",
                     {"WWW-Authenticate": 'Bearer error="invalid_token"'},
                 )
+            edge.admit_device(device.device_id)  # 429 when the device is over its rate
             report = await ingest.service.ingest(
                 raw, source="http", device=device, claimed_device=str(device.device_id)
             )

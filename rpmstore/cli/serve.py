@@ -41,14 +41,15 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def token_signer(settings: Settings, *, lifetime_s: int = 3600) -> TokenSigner | None:
-    """Signs tokens with the API's own HS256 secret (None with an IdP's key pair)."""
+    """Signs tokens with the API's own HS256 secret, the one ``serve`` would verify them with
+    (None with an IdP's key pair); refuses without a secret, as ``serve`` does."""
     from api.auth import issue_token
     from rpmstore.asgi import auth_config
 
     config = auth_config(settings)
     if config.algorithm != "HS256":
         return None
-    secret = settings.jwt_secret.get_secret_value()
+    secret = config.verification_key  # HS256: the shared secret itself
 
     def sign(subject: str, roles: list[str], teams: list[uuid.UUID]) -> str:
         return issue_token(
@@ -86,7 +87,8 @@ def register(commands: Subcommands) -> None:
 def register_token(commands: Subcommands) -> None:
     token = commands.add_parser(
         "token",
-        help="sign a clinician/ops/admin bearer token with RPMSTORE_JWT_SECRET (HS256)",
+        help="sign a clinician/ops/admin bearer token with RPMSTORE_JWT_SECRET or the "
+        "embedded stack's generated secret (HS256)",
     )
     token.add_argument("--subject", required=True, help="the user (sub claim)")
     token.add_argument(

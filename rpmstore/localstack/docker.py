@@ -67,7 +67,11 @@ def ensure_env_file(settings: Settings) -> dict[str, str]:
     """Create .env beside the compose file with fresh random secrets, once; return its values."""
     env_file = compose_file().parent / ".env"
     if not env_file.exists():
-        lines = [f"{name}={secrets.token_urlsafe(24)}" for name in SECRET_NAMES]
+        # The JWT secret gets 256 bits (an HS256 key as long as its hash); passwords 192.
+        lines = [
+            f"{name}={secrets.token_urlsafe(32 if name == 'RPMSTORE_JWT_SECRET' else 24)}"
+            for name in SECRET_NAMES
+        ]
         lines += [
             f"RPMSTORE_PG_PORT={settings.pg_port}",
             f"RPMSTORE_MQTT_PORT={settings.mqtt_port}",
@@ -133,4 +137,5 @@ def _urls_from_env(env: dict[str, str]) -> StackUrls:
         api_database_url=pg(API_ROLE, "RPMSTORE_API_DB_PASSWORD")
         if "RPMSTORE_API_DB_PASSWORD" in env
         else None,
+        jwt_secret=env.get("RPMSTORE_JWT_SECRET") or None,
     )

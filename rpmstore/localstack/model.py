@@ -16,13 +16,16 @@ DATABASE = "rpmstore"
 
 @dataclass(frozen=True)
 class StackUrls:
-    """Connection URLs for the running stack; passwords included, so print them with care."""
+    """Connection URLs and secrets of the running stack: print them with care."""
 
     database_url: str
     admin_database_url: str | None
     mqtt_url: str
     mqtt_gateway_url: str | None
     api_database_url: str | None = None
+    # The HS256 key of clinician tokens, generated per stack instance like its passwords;
+    # None for existing servers (their deployment has its own).
+    jwt_secret: str | None = None
 
 
 @dataclass(frozen=True)

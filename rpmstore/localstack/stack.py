@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from urllib.parse import quote
@@ -49,6 +50,26 @@ class ChrootState:
     mqtt_passwords: dict[str, str]
     # Empty in state files written before the API role existed; filled in by the next up.
     api_password: str = ""
+    # Signs and verifies clinician tokens; empty in older state files, filled in by the next up.
+    jwt_secret: str = ""
+
+
+def new_jwt_secret() -> str:
+    """256 random bits: HS256 is only as strong as its key (RFC 7518 section 3.2)."""
+    return secrets.token_urlsafe(32)
+
+
+def jwt_secret(settings: Settings, local: StackUrls | None) -> str | None:
+    """The clinician-token secret: ``RPMSTORE_JWT_SECRET``, else the local stack's.
+
+    The stack's own secret only goes with the stack's own database: a process pointed at other
+    servers (``DATABASE_URL``) belongs to their deployment and must be given its secret.
+    """
+    if settings.jwt_secret is not None and settings.jwt_secret.get_secret_value():
+        return settings.jwt_secret.get_secret_value()
+    if settings.database_url or local is None:
+        return None
+    return local.jwt_secret
 
 
 def postgres_url(
@@ -116,6 +137,7 @@ def _chroot_urls(state: ChrootState) -> StackUrls:
         api_database_url=postgres_url(API_ROLE, state.api_password, state.pg_port, DATABASE)
         if state.api_password
         else None,
+        jwt_secret=state.jwt_secret or None,
     )
 
 
@@ -135,10 +157,15 @@ def _chroot_up(settings: Settings) -> StackUrls:
             owner_password=new_password(),
             mqtt_passwords={INGEST_USER: new_password(), GATEWAY_USER: new_password()},
             api_password=new_password(),
+            jwt_secret=new_jwt_secret(),
         )
         _save_state(settings, state)
-    elif not state.api_password:
-        state = replace(state, api_password=new_password())
+    elif not (state.api_password and state.jwt_secret):
+        state = replace(
+            state,
+            api_password=state.api_password or new_password(),
+            jwt_secret=state.jwt_secret or new_jwt_secret(),
+        )
         _save_state(settings, state)
     postgres, mosquitto = _chroot_servers(settings, state)
     if not postgres.is_initialized():
@@ -252,6 +279,7 @@ def urls(settings: Settings) -> StackUrls:
         mqtt_url=broker_url,
         mqtt_gateway_url=local.mqtt_gateway_url if local else None,
         api_database_url=settings.api_database_url or (local.api_database_url if local else None),
+        jwt_secret=jwt_secret(settings, local),
     )
 
 

@@ -146,6 +146,46 @@ def test_a_production_role_needs_only_its_own_servers(
     env |= {"DATABASE_URL": db_url, "RPMSTORE_HOME": str(tmp_path / "no-stack")}
     if role == "api":
         env["API_DATABASE_URL"] = api_db_url
+    else:  # devices have their own tokens: the ingest role holds no clinician-token key
+        del env["RPMSTORE_JWT_SECRET"]
     ready = _serve_until_ready(["--role", role], env, tmp_path / "serve.log")
     assert ready["status"] == "ready"
     assert not (tmp_path / "no-stack").exists()
+
+
+@pytest.mark.parametrize("role", ["all", "api"])
+def test_serve_refuses_to_start_without_a_token_key(
+    role: str, db_url: str, api_db_url: str, tmp_path: Path
+) -> None:
+    """DATABASE_URL set, RPMSTORE_JWT_SECRET forgotten, no local stack: `serve` on 0.0.0.0 must
+    not start an API whose tokens anyone could mint. One line on stderr, exit 2, no traceback."""
+    env = {k: v for k, v in os.environ.items() if k != "RPMSTORE_JWT_SECRET"}
+    env |= {
+        "DATABASE_URL": db_url,
+        "API_DATABASE_URL": api_db_url,
+        "RPMSTORE_HOME": str(tmp_path / "no-stack"),
+    }
+    command = [sys.executable, "-m", "rpmstore.cli", "serve", "--host", "0.0.0.0"]
+    refused = subprocess.run(
+        [*command, "--port", str(free_port()), "--role", role],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "RPMSTORE_JWT_SECRET" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    # A short secret is refused the same way.
+    short = subprocess.run(
+        [*command, "--port", str(free_port()), "--role", role],
+        env={**env, "RPMSTORE_JWT_SECRET": "too-short"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert short.returncode == 2, short.stderr
+    assert "at least 32" in short.stderr
+    assert "Traceback" not in short.stderr

@@ -20,8 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.access import UnsafeApiRoleError
-from api.auth import AuthConfig, InsecureAuthConfigError
-from rpmstore.settings import DEV_JWT_SECRET
+from api.app import create_app
 from schema.registry import (
     PatientIdentity,
     assign_device,
@@ -389,17 +388,10 @@ def test_api_refuses_a_role_that_bypasses_row_level_security(db_url: str) -> Non
         pass
 
 
-def test_default_jwt_secret_is_refused_outside_dev() -> None:
-    with pytest.raises(InsecureAuthConfigError):
-        AuthConfig.build(
-            environment="production",
-            secret=DEV_JWT_SECRET,
-            dev_secret=DEV_JWT_SECRET,
-            algorithm="HS256",
-            public_key=None,
-            issuer="rpmstore",
-            audience="rpmstore-api",
-        )
+def test_api_without_a_token_key_is_refused(db_url: str, api_db_url: str) -> None:
+    # Only the ingest role, which never verifies a clinician token, may do without one.
+    with pytest.raises(ValueError, match="needs auth"):
+        create_app(database_url=db_url, api_database_url=api_db_url, auth=None)
 
 
 def test_alert_lifecycle_is_recorded_and_audited(ward: Ward) -> None:

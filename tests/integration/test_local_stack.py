@@ -11,6 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from api.auth import AuthConfig
 from rpmstore.cli import main
 from rpmstore.localstack import stack
 from rpmstore.localstack.debian_root import STATE_DIR_IN_ROOT, DebianRoot
@@ -99,6 +100,33 @@ def test_url_prints_what_processes_should_use(
     lines = capsys.readouterr().out.splitlines()
     assert f"export DATABASE_URL='{urls.database_url}'" in lines
     assert f"export MQTT_URL='{urls.mqtt_url}'" in lines
+
+
+def test_the_stack_generates_its_own_jwt_secret(
+    stack_settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without RPMSTORE_JWT_SECRET, `rpmstore token` (and serve, demo, simulate) use the secret
+    generated for this stack instance, kept with its passwords; never one from the source."""
+    monkeypatch.delenv("RPMSTORE_JWT_SECRET")
+    urls = stack.up(stack_settings)
+    assert urls.jwt_secret is not None and len(urls.jwt_secret) >= 32
+    assert stack.up(stack_settings).jwt_secret == urls.jwt_secret  # kept, like the passwords
+    state = stack_settings.home / "instances" / f"{stack_settings.instance}.json"
+    assert state.stat().st_mode & 0o077 == 0
+    assert main(["token", "--subject", "dr-s", "--role", "admin"]) == 0
+    token = capsys.readouterr().out.strip()
+    auth = AuthConfig.build(
+        secret=urls.jwt_secret,
+        algorithm="HS256",
+        public_key=None,
+        issuer=stack_settings.jwt_issuer,
+        audience=stack_settings.jwt_audience,
+    )
+    assert auth.verify(token).subject == "dr-s"
+    # Pointed at other servers, a process is their deployment's: the stack's secret is not used.
+    monkeypatch.setenv("DATABASE_URL", urls.database_url)
+    assert main(["token", "--subject", "dr-s", "--role", "admin"]) == 2
+    assert "RPMSTORE_JWT_SECRET" in capsys.readouterr().err
 
 
 def test_explicit_urls_point_everything_at_existing_servers(

@@ -10,8 +10,8 @@ import pytest
 
 from api.auth import AuthConfig, AuthError, InsecureAuthConfigError
 from rpmstore.cli import main
-from rpmstore.settings import DEV_JWT_SECRET
-from tests.apphelpers import TEST_AUTH
+from rpmstore.settings import Settings
+from tests.apphelpers import TEST_AUTH, TEST_JWT_SECRET
 
 
 def _token(**claims: object) -> str:
@@ -25,7 +25,7 @@ def _token(**claims: object) -> str:
         "exp": now + 60,
     }
     base.update(claims)
-    return jwt.encode({k: v for k, v in base.items() if v is not None}, DEV_JWT_SECRET, "HS256")
+    return jwt.encode({k: v for k, v in base.items() if v is not None}, TEST_JWT_SECRET, "HS256")
 
 
 def test_a_valid_token_gives_its_principal() -> None:
@@ -64,23 +64,24 @@ def test_a_token_signed_with_another_key_is_refused() -> None:
 
 
 def test_unsafe_configurations_are_refused() -> None:
-    def build(environment: str, secret: str, algorithm: str) -> AuthConfig:
+    def build(secret: str | None, algorithm: str) -> AuthConfig:
         return AuthConfig.build(
-            environment=environment,
-            secret=secret,
-            dev_secret=DEV_JWT_SECRET,
-            algorithm=algorithm,
-            public_key=None,
-            issuer="i",
-            audience="a",
+            secret=secret, algorithm=algorithm, public_key=None, issuer="i", audience="a"
         )
 
-    with pytest.raises(InsecureAuthConfigError, match="development secret"):
-        build("prod", DEV_JWT_SECRET, "HS256")
+    # No key at all: there is no built-in one to fall back on.
+    for missing in (None, ""):
+        with pytest.raises(InsecureAuthConfigError, match="RPMSTORE_JWT_SECRET"):
+            build(missing, "HS256")
     with pytest.raises(InsecureAuthConfigError, match="at least 32"):
-        build("dev", "short", "HS256")
+        build("short", "HS256")
     with pytest.raises(InsecureAuthConfigError, match="PUBLIC_KEY"):
-        build("prod", "", "RS256")
+        build(TEST_JWT_SECRET, "RS256")
+
+
+def test_settings_have_no_jwt_secret_unless_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RPMSTORE_JWT_SECRET", raising=False)
+    assert Settings().jwt_secret is None
 
 
 def test_cli_token_is_accepted_by_the_api_config(capsys: pytest.CaptureFixture[str]) -> None:

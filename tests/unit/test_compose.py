@@ -325,6 +325,16 @@ def test_secrets_have_no_literal_values(
                 assert _INTERPOLATION.sub("", secret) == "", f"{name}: {key} mixes in a literal"
 
 
+def test_only_the_clinician_api_holds_the_token_secret(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The api service must be given RPMSTORE_JWT_SECRET (serve refuses to start without it);
+    the device-ingest service verifies no clinician token, so it holds no secret to leak."""
+    assert "RPMSTORE_JWT_SECRET" in _environment(services["api"])
+    holders = {n for n, svc in services.items() if "RPMSTORE_JWT_SECRET" in _environment(svc)}
+    assert holders == {"api"}
+
+
 def test_env_example_covers_every_compose_variable(compose: dict[str, Any]) -> None:
     """.env.example lists every variable compose reads, with placeholder secrets only."""
     example = _env_example()
