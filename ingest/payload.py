@@ -50,8 +50,11 @@ Failures:
 
 - Whole payload (nothing is stored): ``PayloadError`` with ``reason`` ``payload_too_large`` (more
   than 256 KiB or more than 1000 readings; HTTP 413), ``malformed_json`` (not UTF-8, not JSON;
-  HTTP 400) or ``invalid_payload`` (JSON, but not an object with a non-empty ``readings`` array,
-  or a bad ``device_id``; HTTP 422).
+  HTTP 400), ``duplicate_member`` (an object anywhere in the payload names one member twice,
+  e.g. two ``readings`` arrays or two ``value`` members in a reading: RFC 8259 leaves such JSON
+  open to interpretation, and reading it one way would drop what the other way holds; HTTP 422)
+  or ``invalid_payload`` (JSON, but not an object with a non-empty ``readings`` array, or a bad
+  ``device_id``; HTTP 422).
 - One reading (the other readings of the payload are still stored): a structural problem (wrong
   type, missing member, time without offset, ...) becomes a ``ReadingError`` in
   ``DecodedPayload.errors``, reported by validation with reason ``invalid_reading`` and a detail
@@ -60,7 +63,9 @@ Failures:
 Decoding uses orjson plus hand-written checks rather than a pydantic model: a model over the
 whole envelope fails the whole payload on one bad reading, validating each reading with its own
 adapter costs as much as the checks below, and the details here name the member in wire terms.
-orjson is strict where this contract is lenient (it refuses NaN/Infinity literals, numbers that
+orjson keeps the last of repeated members without a word, so a cheap count (colons in the bytes
+against colons in orjson's re-serialisation) tells when the reference must look. orjson is
+strict where this contract is lenient (it refuses NaN/Infinity literals, numbers that
 overflow a double and lone surrogates in strings) and reads integer literals beyond 64 bits as
 floats; a payload it refuses, or that holds a run of 19 or more digits, is therefore parsed by
 the standard library's json module, which is the reference for everything above (its answers,
@@ -98,7 +103,9 @@ MAX_UTC_OFFSET_MINUTES = 18 * 60  # rpm.readings.utc_offset_minutes CHECK
 BP_PANEL_METRICS = frozenset({"blood_pressure", "85354-9"})
 BP_PANEL_PARTS = ("systolic", "diastolic")
 
-PayloadErrorReason = Literal["payload_too_large", "malformed_json", "invalid_payload"]
+PayloadErrorReason = Literal[
+    "payload_too_large", "malformed_json", "invalid_payload", "duplicate_member"
+]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
@@ -300,9 +307,29 @@ def _parse_fast(raw: bytes) -> Any:
     if _NINETEEN_DIGITS in raw.translate(_DIGITS_TO_ZERO):
         return _UNPARSED
     try:
-        return orjson.loads(raw)
+        document = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return _UNPARSED
+    if not _surely_unique_members(raw, document):
+        return _UNPARSED  # the reference decides, naming the repeated member
+    return document
+
+
+def _surely_unique_members(raw: bytes, document: Any) -> bool:
+    """True when no object of ``raw`` repeats a member name (orjson keeps the last silently).
+
+    Counting colons decides without walking the document in Python: each member of each
+    object is written with one colon, and a colon inside a string is either written as is
+    (counted on both sides) or escaped as \\u003a in ``raw`` (which orjson writes back as a
+    plain colon). So ``raw`` has more colons than orjson's re-serialisation only if members
+    were dropped, and the same number while ``raw`` has no \\u escape only if none were.
+    False means "not sure": the standard library's parse then checks every object.
+    """
+    try:
+        written = orjson.dumps(document)
+    except orjson.JSONEncodeError:
+        return False
+    return raw.count(b":") == written.count(b":") and b"\\u" not in raw
 
 
 def _parse_reference(raw: bytes) -> Any:
@@ -316,7 +343,17 @@ def _parse_reference(raw: bytes) -> Any:
             f"({exc.reason})",
         ) from None
     try:
-        return json.loads(text, parse_constant=_NON_FINITE_LITERALS.__getitem__)
+        return json.loads(
+            text,
+            parse_constant=_NON_FINITE_LITERALS.__getitem__,
+            object_pairs_hook=_unique_members,
+        )
+    except _DuplicateMemberError as exc:
+        raise PayloadError(
+            "duplicate_member",
+            f"member {json_excerpt(exc.name)} appears more than once in one object: "
+            "ambiguous JSON (RFC 8259 section 4) is refused whole, never read one way",
+        ) from None
     except json.JSONDecodeError as exc:
         raise PayloadError(
             "malformed_json",
@@ -326,6 +363,26 @@ def _parse_reference(raw: bytes) -> Any:
         raise PayloadError("malformed_json", "payload is nested too deeply") from None
     except ValueError as exc:  # e.g. an integer literal longer than Python's 4300-digit limit
         raise PayloadError("malformed_json", f"payload is not valid JSON: {exc}") from None
+
+
+class _DuplicateMemberError(Exception):
+    """Not a ValueError: json.loads must let it through instead of reporting bad JSON."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object_pairs_hook: a dict, unless a member name repeats."""
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _DuplicateMemberError(name)
+            seen.add(name)
+    return document
 
 
 def _check_document(document: Any, *, require_device_id: bool) -> DecodedPayload:

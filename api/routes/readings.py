@@ -27,6 +27,7 @@ _STATUS_BY_REASON = {
     "malformed_json": status.HTTP_400_BAD_REQUEST,
     "payload_too_large": status.HTTP_413_CONTENT_TOO_LARGE,
     "invalid_payload": status.HTTP_422_UNPROCESSABLE_CONTENT,
+    "duplicate_member": status.HTTP_422_UNPROCESSABLE_CONTENT,
     "device_mismatch": status.HTTP_403_FORBIDDEN,
 }
 
@@ -103,7 +104,10 @@ def _problem(code: int, reason: str, detail: str, headers: dict[str, str] | None
         408: {"model": Problem, "description": "The body did not arrive in time"},
         413: {"model": Problem, "description": "Payload too large"},
         415: {"model": Problem, "description": "A Content-Type other than JSON"},
-        422: {"model": Problem, "description": "JSON that is not a readings payload"},
+        422: {
+            "model": Problem,
+            "description": "JSON that is not a readings payload, or repeats a member name",
+        },
         429: {
             "model": Problem,
             "description": "Too many requests from this device, or too many failed "

@@ -62,6 +62,23 @@ def spo2(minutes_ago: int, value: float = 97.0) -> dict[str, Any]:
     return {"metric": "spo2", "value": value, "unit": "%", "time": at(minutes_ago)}
 
 
+# One reading in the first readings array, two in the second: which array is "the" readings?
+_TWO_ARRAYS = (
+    b'{"readings": ['
+    + json.dumps(spo2(1)).encode()
+    + b'], "readings": ['
+    + json.dumps(spo2(2)).encode()
+    + b", "
+    + json.dumps(spo2(3)).encode()
+    + b"]}"
+)
+_TWO_VALUES = (
+    json.dumps({"readings": [spo2(1, 91.0)]})
+    .encode()
+    .replace(b'"value": 91.0', b'"value": 91.0, "value": 97.0')
+)
+
+
 def stored_rows(ward: Ward) -> list[tuple[Any, ...]]:
     return ward.conn.execute(
         "SELECT measured_at, metric_id, value, patient_id FROM rpm.readings ORDER BY 1, 2"
@@ -153,6 +170,14 @@ def test_conflicting_value_for_a_stored_reading_is_rejected_and_kept(ward: Ward)
         (b'{"readings": []}', 422, "invalid_payload"),
         (b'{"readings": "spo2"}', 422, "invalid_payload"),
         (b'{"readings": [' + b'{"x": 1},' * 200_000 + b"{}]}", 413, "payload_too_large"),
+        # Ambiguous JSON: once answered 200 with only the second array's readings stored.
+        (_TWO_ARRAYS, 422, "duplicate_member"),
+        (
+            _TWO_ARRAYS.replace(b'"readings": [{"m', b'"r\\u0065adings": [{"m', 1),
+            422,
+            "duplicate_member",
+        ),
+        (_TWO_VALUES, 422, "duplicate_member"),
     ],
 )
 def test_unusable_payloads_get_a_clear_error_and_are_quarantined(

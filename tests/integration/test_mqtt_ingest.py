@@ -220,6 +220,24 @@ def test_readings_garbage_and_forged_payloads(mqtt_ward: MqttWard) -> None:
     ]
 
 
+def test_ambiguous_json_is_quarantined_whole_with_its_reason(mqtt_ward: MqttWard) -> None:
+    """Two readings arrays in one message were once read as the second alone: its first
+    reading vanished without a trace. Now the message is quarantined whole, raw bytes kept."""
+    ingestor = mqtt_ward.make_ingestor("a")
+    ingestor.start()
+    device = mqtt_ward.devices[0]
+    first, second = reading_payload(device, 1), reading_payload(device, 2)
+    ambiguous = first[:-1] + b", " + second[second.index(b'"readings"') :]
+    assert ambiguous.count(b'"readings"') == 2
+    mids = [mqtt_ward.publisher.publish(device, ambiguous)]
+    mqtt_ward.publisher.wait_acked(mids)
+    wait_until(lambda: len(mqtt_ward.quarantined()) == 1, "the quarantine row")
+    assert mqtt_ward.quarantined() == [
+        ("duplicate_member", ambiguous, f"rpm/v1/devices/{device}/readings")
+    ]
+    assert mqtt_ward.stored() == 0
+
+
 def test_unknown_device_topic_is_quarantined(mqtt_ward: MqttWard) -> None:
     mqtt_ward.make_ingestor("a").start()
     stranger = uuid.uuid4()

@@ -466,3 +466,56 @@ def test_a_lone_surrogate_in_a_client_id_is_refused_for_that_reading_only() -> N
     assert [r.index for r in decoded.readings] == [0]
     (error,) = decoded.errors
     assert (error.index, "readings[1].id") == (1, error.detail[: len("readings[1].id")])
+
+
+# --- ambiguous JSON: a member name repeated in one object --------------------------------------
+
+_OK = b'{"metric": "spo2", "value": 97, "unit": "%", "time": "2026-11-24T09:00:00Z"}'
+
+
+@pytest.mark.parametrize(
+    ("raw", "name"),
+    [
+        # Two readings arrays: orjson kept the second, so 2 of 3 readings were stored silently.
+        pytest.param(
+            b'{"readings": [' + _OK + b'], "readings": [' + _OK + b", " + _OK + b"]}",
+            "readings",
+            id="two-readings-arrays",
+        ),
+        pytest.param(
+            b'{"readings": [{"metric": "spo2", "value": 90, "value": 97, "unit": "%", '
+            b'"time": "2026-11-24T09:00:00Z"}]}',
+            "value",
+            id="two-values-in-a-reading",
+        ),
+        pytest.param(
+            b'{"readings": [' + _OK[:-1] + b', "ext": {"a": 1, "a": 2}}]}',
+            "a",
+            id="nested-in-an-ignored-member",
+        ),
+        pytest.param(
+            b'{"device_id": "' + str(DEVICE_ID).encode() + b'", "device_\\u0069d": "x", '
+            b'"readings": [' + _OK + b"]}",
+            "device_id",
+            id="same-name-spelt-with-an-escape",
+        ),
+        pytest.param(
+            b'{"readings": [' + _OK[:-1] + b', "n": "a\\u003ab", "id": "1", "id": "2"}]}',
+            "id",
+            id="escaped-colon-cannot-hide-a-repeat",
+        ),
+        pytest.param(
+            b'{"readings": [' + _OK[:-1] + b', "value": NaN}]}', "value", id="reference-path"
+        ),
+    ],
+)
+def test_a_repeated_member_refuses_the_payload_whole(raw: bytes, name: str) -> None:
+    with pytest.raises(PayloadError) as caught:
+        decode_payload(raw)
+    assert caught.value.reason == "duplicate_member"
+    assert f'member "{name}" appears more than once' in caught.value.detail
+
+
+def test_colons_inside_strings_are_not_mistaken_for_repeats() -> None:
+    raw = b'{"readings": [' + _OK[:-1] + b', "note": "a:b:\\u003a", "c:d": ":"}]}'
+    assert len(decode_payload(raw).readings) == 1
