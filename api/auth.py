@@ -7,6 +7,7 @@ has the last word on what a user sees (row-level security); the token only says 
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -104,7 +105,54 @@ class AuthConfig:
             raise AuthError("the token has expired") from None
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"the token is not valid: {exc}") from None
+        _check_registered_claims(claims)
         return _principal(claims)
+
+
+# RFC 7519 section 4.1: exp, nbf and iat are NumericDates (JSON numbers); sub and iss are
+# StringOrURI; aud is one or an array of them. PyJWT checks exp and nbf through int(), so a
+# string "9999999999" passed as an expiry: a token its issuer did not write to spec is refused
+# rather than read one way here and another way by the next verifier.
+_NUMERIC_DATES = ("exp", "nbf", "iat")
+_STRINGS = ("sub", "iss", "jti")
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def _check_registered_claims(claims: dict[str, Any]) -> None:
+    """Refuse registered claims of the wrong JSON type (HTTP 401)."""
+    for name in _NUMERIC_DATES:
+        if name in claims:
+            value = claims[name]
+            if type(value) not in (int, float) or not math.isfinite(value):
+                raise AuthError(
+                    f"the token's {name} claim must be a NumericDate (seconds since the epoch, "
+                    f"a JSON number), got {_json_type(value)}"
+                )
+    for name in _STRINGS:
+        if name in claims and type(claims[name]) is not str:
+            raise AuthError(
+                f"the token's {name} claim must be a string, got {_json_type(claims[name])}"
+            )
+    audience = claims.get("aud")
+    if not (
+        type(audience) is str
+        or (type(audience) is list and audience and all(type(a) is str for a in audience))
+    ):
+        raise AuthError(
+            "the token's aud claim must be a string or a non-empty array of strings, "
+            f"got {_json_type(audience)}"
+        )
 
 
 def _principal(claims: dict[str, Any]) -> Principal:

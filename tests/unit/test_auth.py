@@ -53,6 +53,51 @@ def test_bad_tokens_are_refused_with_a_reason(claims: dict[str, object], message
         TEST_AUTH.verify(_token(**claims))
 
 
+def _signed(payload: bytes) -> str:
+    """A token over exactly these JSON bytes (jwt.encode would re-serialise a dict)."""
+    return jwt.api_jws.PyJWS().encode(payload, TEST_JWT_SECRET, "HS256")
+
+
+@pytest.mark.parametrize(
+    ("claim", "written", "message"),
+    [
+        # PyJWT reads exp and nbf through int(): a string expiry was honoured as a number.
+        ("exp", '"9999999999"', "exp claim must be a NumericDate"),
+        # Refused by PyJWT itself (true is read as 1, long expired): either refusal will do.
+        ("exp", "true", "expired|exp claim must be a NumericDate"),
+        ("exp", "NaN", r"\(exp\) must be an integer|exp claim must be a NumericDate"),
+        ("exp", "Infinity", r"\(exp\) must be an integer|exp claim must be a NumericDate"),
+        ("nbf", '"0"', "nbf claim must be a NumericDate"),
+        ("iat", '"0"', "iat claim must be a NumericDate"),
+        ("iat", "[1]", r"\(iat\) must be an integer|iat claim must be a NumericDate"),
+        ("sub", '["dr-a"]', "not valid|sub claim must be a string"),
+        ("sub", "42", "not valid|sub claim must be a string"),
+        ("jti", "{}", "JWT ID must be a string|jti claim must be a string"),
+        ("aud", '["rpmstore-api", 1]', "not valid|aud claim"),
+    ],
+)
+def test_registered_claims_must_have_their_rfc_7519_types(
+    claim: str, written: str, message: str
+) -> None:
+    claims = {
+        "sub": '"dr-a"',
+        "roles": '["clinician"]',
+        "iss": f'"{TEST_AUTH.issuer}"',
+        "aud": f'"{TEST_AUTH.audience}"',
+        "exp": str(int(time.time()) + 60),
+        claim: written,
+    }
+    payload = "{" + ", ".join(f'"{name}": {value}' for name, value in claims.items()) + "}"
+    with pytest.raises(AuthError, match=message):
+        TEST_AUTH.verify(_signed(payload.encode()))
+
+
+def test_numeric_dates_may_be_fractional_and_aud_a_list() -> None:
+    now = time.time()
+    token = _token(exp=now + 60.5, iat=now, nbf=now - 1.5, aud=["other", TEST_AUTH.audience])
+    assert TEST_AUTH.verify(token).subject == "dr-a"
+
+
 def test_a_token_signed_with_another_key_is_refused() -> None:
     forged = jwt.encode(
         {"sub": "x", "iss": TEST_AUTH.issuer, "aud": TEST_AUTH.audience, "exp": 2**31},
