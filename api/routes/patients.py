@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
@@ -230,9 +230,23 @@ async def latest_vitals(
     return LatestVitals(patient_id=patient_id, vitals=vitals)
 
 
+# Readings exist only in ingest's range (1970 to the end of 9999, UTC). Beyond it the bucket
+# arithmetic leaves what a timestamp holds (before year 1 or after year 9999 once an offset is
+# applied) and the database's answer cannot be read back: a range there is refused by name.
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
+
 def _aware(value: datetime, name: str) -> datetime:
     if value.tzinfo is None:
-        raise invalid_input(("query", name), "must be a date-time with a UTC offset")
+        raise invalid_input(("query", name), f"{name} must be a date-time with a UTC offset")
+    # Compared as instants: 0001-01-01T00:00:00+01:00 is year 0 in UTC, and is refused.
+    if not _EARLIEST <= value <= _LATEST:
+        raise invalid_input(
+            ("query", name),
+            f"{name} must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z "
+            "(the range readings are stored in)",
+        )
     return value
 
 
