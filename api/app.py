@@ -19,7 +19,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from importlib.metadata import version
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import psycopg
 from fastapi import FastAPI, Request, Response, status
@@ -31,6 +31,7 @@ from alerting import AlertingOptions
 from api.access import NotVisibleError, check_api_role
 from api.auth import AuthConfig
 from api.edge import EdgeLimits, install_edge
+from api.errors import install_error_handlers, safe_text
 from api.job_stats import TimescaleJobStats
 from api.routes import admin, alerts, audit, fhir, health, patients, readings
 from ingest import IngestLimits, open_ingest_runtime
@@ -123,19 +124,30 @@ def create_app(
         for router in _API_ROUTERS:
             app.include_router(router)
 
+    install_error_handlers(app, is_fhir=fhir.is_fhir_request)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = fhir.drop_validation_responses(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
+
     @app.exception_handler(NotVisibleError)
     async def not_visible(_request: Request, exc: NotVisibleError) -> JSONResponse:
         # The same answer whether the object does not exist or belongs to another team.
         return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)
 
     @app.exception_handler(psycopg.errors.DataError)
-    async def refused_value(_request: Request, exc: psycopg.errors.DataError) -> JSONResponse:
+    async def refused_value(request: Request, exc: psycopg.errors.DataError) -> JSONResponse:
         # A value the input models let through but the database refuses (SQLSTATE class 22):
-        # the client's input, so a 422 that says what, never a 500.
+        # the client's input, so a 422 that says what, never a 500. Routes check what they can
+        # name themselves; this is the backstop, so it names only the part of the request.
         log.warning("database refused a value: %s", exc, extra={"sqlstate": exc.sqlstate})
-        detail = exc.diag.message_primary or "value not accepted"
+        detail = safe_text(exc.diag.message_primary or str(exc) or "value not accepted")
+        where = "body" if request.method in ("POST", "PUT", "PATCH") else "query"
         return JSONResponse(
-            {"detail": [{"loc": ["body"], "msg": detail, "type": "value_error"}]},
+            {"detail": [{"loc": [where], "msg": detail, "type": "value_error"}]},
             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
         )
 

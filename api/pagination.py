@@ -37,11 +37,17 @@ def encode_cursor(*key: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(key, default=str).encode()).decode()
 
 
-def decode_cursor(cursor: str, arity: int) -> list[Any]:
+def read_cursor(cursor: str, arity: int) -> list[Any] | None:
+    """The sort key in ``cursor``, or None when it is not a cursor of ``arity`` parts."""
     try:
         key = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        key = None
-    if not isinstance(key, list) or len(key) != arity:
+    except (binascii.Error, ValueError, UnicodeError, RecursionError):
+        return None
+    return key if isinstance(key, list) and len(key) == arity else None
+
+
+def decode_cursor(cursor: str, arity: int) -> list[Any]:
+    key = read_cursor(cursor, arity)
+    if key is None:
         raise invalid_cursor()
     return key

@@ -73,7 +73,14 @@ class MetricCatalogue:
 
 
 class SearchParameterError(ValueError):
-    """A search parameter this server cannot honour (HTTP 400 with an OperationOutcome)."""
+    """A search parameter this server cannot honour (HTTP 400 with an OperationOutcome).
+
+    ``parameter`` is its name as sent (the OperationOutcome issue's expression).
+    """
+
+    def __init__(self, detail: str, *, parameter: str | None = None) -> None:
+        super().__init__(detail)
+        self.parameter = parameter
 
 
 @dataclass(frozen=True)
@@ -91,16 +98,25 @@ _DATE_PARAM = re.compile(r"(eq|ge|gt|le|lt)?(.+)", re.ASCII)
 def _bounds(value: str) -> tuple[datetime, datetime]:
     """The instant range a FHIR date search value covers: a day, or one instant (to the us)."""
     if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value, re.ASCII):
-        day = date.fromisoformat(value)
+        try:
+            day = date.fromisoformat(value)
+        except ValueError as exc:  # shaped like a date, but e.g. month 13 or day 45
+            raise SearchParameterError(
+                f"date {value!r} is not a valid date: {exc}", parameter="date"
+            ) from None
         start = datetime.combine(day, time(), UTC)
         return start, start + timedelta(days=1)
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise SearchParameterError(f"date {value!r} is not a FHIR date or dateTime") from None
+        raise SearchParameterError(
+            f"date {value!r} is not a FHIR date or dateTime", parameter="date"
+        ) from None
     if moment.tzinfo is None:
         # A local time is ambiguous, as on ingest: refused, never guessed.
-        raise SearchParameterError(f"date {value!r} needs a UTC offset (or use a plain date)")
+        raise SearchParameterError(
+            f"date {value!r} needs a UTC offset (or use a plain date)", parameter="date"
+        )
     return moment, moment + _ONE_US
 
 
@@ -108,7 +124,7 @@ def _clamped_bounds(value: str) -> tuple[datetime, datetime]:
     try:
         low, high = _bounds(value)
     except OverflowError:
-        raise SearchParameterError(f"date {value!r} is out of range") from None
+        raise SearchParameterError(f"date {value!r} is out of range", parameter="date") from None
     return max(low, _FAR_PAST), min(high, _FAR_FUTURE)
 
 
@@ -118,7 +134,7 @@ def parse_dates(values: Sequence[str]) -> TimeRange:
     for raw in values:
         match = _DATE_PARAM.fullmatch(raw)
         if match is None:
-            raise SearchParameterError("date must not be empty")
+            raise SearchParameterError("date must not be empty", parameter="date")
         prefix, lo_hi = match[1] or "eq", _clamped_bounds(match[2])
         low, high = lo_hi
         if prefix in ("eq", "ge"):
@@ -140,10 +156,12 @@ def parse_codes(value: str | None, catalogue: MetricCatalogue) -> list[int] | No
     for token in value.split(","):
         system, bar, code = token.rpartition("|")
         if bar and system not in ("", LOINC):
-            raise SearchParameterError(f"code system {system!r} is not supported (use {LOINC})")
+            raise SearchParameterError(
+                f"code system {system!r} is not supported (use {LOINC})", parameter="code"
+            )
         found = catalogue.ids_by_name.get(code)
         if found is None:
-            raise SearchParameterError(f"unknown code {code!r}")
+            raise SearchParameterError(f"unknown code {code!r}", parameter="code")
         ids |= found
     return sorted(ids)
 
@@ -154,7 +172,9 @@ def parse_patient(value: str) -> uuid.UUID:
     try:
         return uuid.UUID(ident)
     except ValueError:
-        raise SearchParameterError(f"patient {value!r} is not a Patient id") from None
+        raise SearchParameterError(
+            f"patient {value!r} is not a Patient id", parameter="patient"
+        ) from None
 
 
 def effective_date_time(measured_at: datetime, utc_offset_minutes: int | None) -> str:

@@ -47,7 +47,16 @@ def fhir_response(
 
 
 def outcome_response(
-    status_code: int, code: str, diagnostics: str, headers: dict[str, str] | None = None
+    status_code: int,
+    code: str,
+    diagnostics: str,
+    headers: dict[str, str] | None = None,
+    *,
+    expression: str | None = None,
 ) -> JSONResponse:
     """An error answered the FHIR way: an OperationOutcome with one error issue."""
-    return fhir_response(operation_outcome(issue("error", code, diagnostics)), status_code, headers)
+    return fhir_response(
+        operation_outcome(issue("error", code, diagnostics, expression=expression)),
+        status_code,
+        headers,
+    )

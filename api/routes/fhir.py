@@ -21,7 +21,7 @@ from api.access import NotVisibleError, scoped_transaction
 from api.deps import AdminUser, ApiPoolDep, CareUser, IngestDep, RouteDep
 from api.fhir import export, importer
 from api.fhir.resources import FHIR_JSON, fhir_response, now_instant, outcome_response
-from api.pagination import decode_cursor, encode_cursor
+from api.pagination import encode_cursor, read_cursor
 from api.routes.readings import COMMIT_TIMEOUT_S
 from ingest import BufferFullError, DatabaseUnavailableError
 from schema.sql import queries
@@ -78,11 +78,19 @@ async def _catalogue(cur: Any) -> export.MetricCatalogue:
 def _after(cursor: str | None) -> tuple[datetime | None, uuid.UUID | None, str | None]:
     if cursor is None:
         return None, None, None
-    at, device, key = decode_cursor(cursor, 3)
+    # Named as the client sends it (_cursor); the clinician routes' shared error says cursor.
+    refused = export.SearchParameterError(
+        "_cursor is not one this server issued", parameter="_cursor"
+    )
+    found = read_cursor(cursor, 3)
+    if found is None:
+        raise refused
+    at, device, key = found
     try:
-        return datetime.fromisoformat(str(at)), uuid.UUID(str(device)), str(key)
+        after = datetime.fromisoformat(str(at))
+        return after, uuid.UUID(str(device)), str(key)
     except ValueError:
-        raise export.SearchParameterError("_cursor is not one this server issued") from None
+        raise refused from None
 
 
 async def _search(
@@ -139,7 +147,7 @@ async def _search(
                 readings=sum(len(g) for g in groups),
             )
     except export.SearchParameterError as exc:
-        return outcome_response(400, "invalid", str(exc))
+        return outcome_response(400, "invalid", str(exc), expression=exc.parameter)
     except NotVisibleError:
         # Audited as not_found by scoped_transaction. FHIR search answers an empty searchset
         # (the same as a visible patient without readings: no oracle); the patient's own
@@ -195,7 +203,7 @@ async def search_observations(
     try:
         patient_id = export.parse_patient(patient)
     except export.SearchParameterError as exc:
-        return outcome_response(400, "invalid", str(exc))
+        return outcome_response(400, "invalid", str(exc), expression=exc.parameter)
     return await _search(
         request=request,
         patient_id=patient_id,
@@ -303,3 +311,23 @@ async def import_bundle(
         )
     log.info("FHIR bundle imported", extra={"bundle_type": kind, **importer.summary(entries)})
     return fhir_response(importer.response_bundle(kind, entries))
+
+
+_FHIR_ENDPOINTS = frozenset(route.endpoint for route in router.routes if hasattr(route, "endpoint"))
+
+
+def is_fhir_request(request: Request) -> bool:
+    """Whether ``request`` was routed to a FHIR operation (whose errors are OperationOutcomes)."""
+    route = request.scope.get("route")
+    return getattr(route, "endpoint", None) in _FHIR_ENDPOINTS
+
+
+def drop_validation_responses(schema: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document without FastAPI's generated 422 on the FHIR operations: their
+    invalid parameters are answered 400 with an OperationOutcome (``api.errors``)."""
+    fhir_paths = {getattr(route, "path", None) for route in router.routes}
+    for path, operations in schema.get("paths", {}).items():
+        if path in fhir_paths:
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+    return schema
