@@ -74,10 +74,40 @@ class Entry:
     report: IngestReport | None = None
 
 
+class _RepeatedMemberError(Exception):
+    """Not a ValueError, so that it is not reported as malformed JSON."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _RepeatedMemberError(name)
+            seen.add(name)
+    return document
+
+
 def parse_bundle(raw: bytes) -> tuple[BundleType, list[Any]]:
     """The bundle's type and its entries' resources, or :class:`BundleRefused`."""
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, object_pairs_hook=_unique_members)
+    except _RepeatedMemberError as exc:
+        # As for device payloads: a repeated member (two entry arrays, two valueQuantity)
+        # is ambiguous JSON; refused whole rather than read one way and silently lose the other.
+        raise BundleRefused(
+            "duplicate_member",
+            f"member {json.dumps(exc.name)} appears more than once in one object",
+        ) from None
+    except RecursionError:  # the parser's own stack: nesting deeper than any FHIR resource
+        raise BundleRefused(
+            "malformed_json", "not JSON this server reads: nested too deeply"
+        ) from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise BundleRefused("malformed_json", f"not JSON: {exc}") from None
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
