@@ -32,6 +32,7 @@ from api.access import NotVisibleError, check_api_role
 from api.auth import AuthConfig
 from api.edge import EdgeLimits, install_edge
 from api.errors import install_error_handlers, safe_text
+from api.fhir.resources import outcome_response
 from api.job_stats import TimescaleJobStats
 from api.routes import admin, alerts, audit, fhir, health, patients, readings
 from ingest import IngestLimits, open_ingest_runtime
@@ -134,8 +135,10 @@ def create_app(
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
 
     @app.exception_handler(NotVisibleError)
-    async def not_visible(_request: Request, exc: NotVisibleError) -> JSONResponse:
+    async def not_visible(request: Request, exc: NotVisibleError) -> JSONResponse:
         # The same answer whether the object does not exist or belongs to another team.
+        if fhir.is_fhir_request(request):
+            return outcome_response(status.HTTP_404_NOT_FOUND, "not-found", str(exc))
         return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)
 
     @app.exception_handler(psycopg.errors.DataError)
@@ -145,6 +148,8 @@ def create_app(
         # name themselves; this is the backstop, so it names only the part of the request.
         log.warning("database refused a value: %s", exc, extra={"sqlstate": exc.sqlstate})
         detail = safe_text(exc.diag.message_primary or str(exc) or "value not accepted")
+        if fhir.is_fhir_request(request):
+            return outcome_response(status.HTTP_400_BAD_REQUEST, "invalid", detail)
         where = "body" if request.method in ("POST", "PUT", "PATCH") else "query"
         return JSONResponse(
             {"detail": [{"loc": [where], "msg": detail, "type": "value_error"}]},
@@ -152,13 +157,12 @@ def create_app(
         )
 
     @app.exception_handler(psycopg.errors.IntegrityError)
-    async def conflicting(_request: Request, exc: psycopg.errors.IntegrityError) -> JSONResponse:
+    async def conflicting(request: Request, exc: psycopg.errors.IntegrityError) -> JSONResponse:
         # A change that contradicts stored data (a duplicate, a missing reference...).
-        constraint = exc.diag.constraint_name or exc.sqlstate
-        return JSONResponse(
-            {"detail": f"conflicts with stored data ({constraint})"},
-            status_code=status.HTTP_409_CONFLICT,
-        )
+        detail = f"conflicts with stored data ({exc.diag.constraint_name or exc.sqlstate})"
+        if fhir.is_fhir_request(request):
+            return outcome_response(status.HTTP_409_CONFLICT, "conflict", detail)
+        return JSONResponse({"detail": detail}, status_code=status.HTTP_409_CONFLICT)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
