@@ -119,7 +119,7 @@ def _reading(draw: st.DrawFn) -> Node:
 
 
 @st.composite
-def _payload(draw: st.DrawFn) -> tuple[bytes, Node, int | None]:
+def hostile_payloads(draw: st.DrawFn) -> tuple[bytes, Node, int | None]:
     """(bytes, the document, entries of the readings array that the sender meant, if any)."""
     readings = draw(st.lists(st.one_of(_reading(), _values(_SCALAR)), min_size=1, max_size=6))
     array = _arr(readings)
@@ -143,7 +143,7 @@ def _accounted(decoded: DecodedPayload, entries: int) -> None:
 _SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@given(_payload())
+@given(hostile_payloads())
 @_SETTINGS
 def test_a_repeated_member_is_refused_whole_and_nothing_else_is_lost(
     case: tuple[bytes, Node, int | None],

@@ -1,0 +1,67 @@
+"""Hostile payloads over real HTTP ingest: every reading stored, recognised or quarantined.
+
+The payloads are the decoder fuzz's (repeated members, escaped spellings of one name, lone
+surrogates, NaN/Infinity, integers beyond a double, nested junk); here each goes through the
+whole path (``POST /v1/readings``, validation, the group committer, TimescaleDB) and the
+database is asked what became of it. Nothing may vanish: a payload refused whole leaves one
+quarantine row with its raw bytes, and an accepted one accounts for each of its readings.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from hypothesis import HealthCheck, given, settings
+
+from tests.integration.test_http_ingest import Ward, ward  # noqa: F401  # the ward fixture
+from tests.unit.test_payload_fuzz import Node, hostile_payloads
+
+_COUNTS = """
+SELECT (SELECT count(*) FROM rpm.readings),
+       (SELECT count(*) FROM rpm.ingest_quarantine WHERE reading_index IS NULL),
+       (SELECT count(*) FROM rpm.ingest_quarantine WHERE reading_index IS NOT NULL)
+"""
+
+
+def _counts(conn: psycopg.Connection) -> tuple[int, int, int]:
+    row = conn.execute(_COUNTS).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+@given(case=hostile_payloads())
+@settings(
+    max_examples=60,
+    deadline=None,
+    database=None,
+    # One ward for every example: the counts are compared before and after each request.
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+def test_every_reading_of_a_hostile_payload_is_accounted_for(
+    ward: Ward,  # noqa: F811  # the fixture imported above
+    case: tuple[bytes, Node, int | None],
+) -> None:
+    raw, document, entries = case
+    readings, whole, per_reading = _counts(ward.conn)
+    response = ward.post(raw)
+    assert response.status_code < 500, response.text
+    after = _counts(ward.conn)
+    if response.status_code != 200:
+        body = response.json()
+        assert body["reason"] == ("duplicate_member" if document.duplicates else "invalid_payload")
+        # Refused whole: nothing stored, one quarantine row holding exactly what was sent.
+        assert after == (readings, whole + 1, per_reading)
+        kept = ward.conn.execute(
+            "SELECT raw_payload FROM rpm.ingest_quarantine WHERE reading_index IS NULL "
+            "ORDER BY quarantine_id DESC LIMIT 1"
+        ).fetchone()
+        assert kept is not None and bytes(kept[0]) == raw
+        return
+    assert not document.duplicates, "a payload with a repeated member was accepted"
+    result = response.json()
+    rejected = [r["index"] for r in result["rejected"]]
+    assert len(set(rejected)) == len(rejected) and set(rejected) <= set(range(entries or 0))
+    # No panel gets through this generator (it never sends diastolic), so one row per reading.
+    assert result["stored"] + result["duplicates"] + len(rejected) == entries
+    assert after[0] == readings + result["stored"]
+    # Each rejected reading has its own quarantine row (conflicts and refusals included).
+    assert after[1:] == (whole, per_reading + len(rejected))
