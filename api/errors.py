@@ -46,12 +46,21 @@ def _loc_part(part: object) -> str | int:
     return part if type(part) is int else safe_text(part, 60)
 
 
+def _message(error: Mapping[str, Any]) -> str:
+    msg = str(error.get("msg", "invalid value"))
+    reason = (error.get("ctx") or {}).get("error")
+    if error.get("type") == "json_invalid" and isinstance(reason, str):
+        # The parser's own reason (e.g. a repeated member): says why, echoes no input.
+        msg = f"{msg}: {reason}"
+    return safe_text(msg)
+
+
 def plain_errors(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Validation errors reduced to loc, msg and type, each safe to encode."""
     return [
         {
             "loc": [_loc_part(p) for p in error.get("loc", ())],
-            "msg": safe_text(error.get("msg", "invalid value")),
+            "msg": _message(error),
             "type": safe_text(error.get("type", "value_error"), 60),
         }
         for error in errors

@@ -17,12 +17,13 @@ from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from api.access import NotVisibleError, scoped_transaction
 from api.deps import AdminUser, ApiPoolDep, RouteDep
+from api.json_body import StrictJsonRoute
 from api.pagination import invalid_input
 from api.types import Text
 from schema.credentials import hash_device_token, mosquitto_password_hash
 from schema.sql import queries
 
-router = APIRouter(prefix="/v1/admin", tags=["administration"])
+router = APIRouter(prefix="/v1/admin", tags=["administration"], route_class=StrictJsonRoute)
 _Q = queries("clinician")
 _REGISTRY = queries("registry")
 

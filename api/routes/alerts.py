@@ -20,6 +20,7 @@ from alerting import (
 from api.access import NotVisibleError, scoped_transaction
 from api.auth import Principal
 from api.deps import ApiPoolDep, CareUser, RouteDep
+from api.json_body import StrictJsonRoute
 from api.pagination import (
     DEFAULT_PAGE_SIZE,
     Cursor,
@@ -31,7 +32,7 @@ from api.pagination import (
 from api.types import Note
 from schema.sql import queries
 
-router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
+router = APIRouter(prefix="/v1/alerts", tags=["alerts"], route_class=StrictJsonRoute)
 _Q = queries("clinician")
 _NEWEST = (datetime.max.replace(tzinfo=UTC), uuid.UUID(int=(1 << 128) - 1))
 

@@ -113,6 +113,39 @@ def test_a_lone_surrogate_in_a_member_name_is_reported_encodably(ward: Ward) -> 
     assert response.json()["detail"][0]["loc"] == ["body", "note"]
 
 
+def test_a_repeated_member_in_a_json_body_is_refused_not_read_one_way(ward: Ward) -> None:
+    """json.loads keeps the last of repeated members: {"threshold": 90, "threshold": 10} made
+    a rule of 10 while the client also said 90. Refused like ambiguous device payloads."""
+    admin = bearer(ADMIN, ["admin"])
+    for method, url, body, headers in [
+        (
+            "POST",
+            f"/v1/alerts/{ward.a.alert_id}/ack",
+            '{"note": "a", "note": "b"}',
+            ward.a.headers(),
+        ),
+        (
+            "POST",
+            "/v1/admin/rules",
+            '{"name": "r", "metric": "spo2", "kind": "below", "threshold": 90, '
+            '"threshold": 10, "severity": "major"}',
+            admin,
+        ),
+        ("POST", "/v1/admin/care-teams", '{"name": "x", "extra": {"a": 1, "\\u0061": 2}}', admin),
+    ]:
+        response = _raw_json(ward.client, method, url, body, headers)
+        assert response.status_code == 422, response.text
+        (error,) = response.json()["detail"]
+        assert error["type"] == "json_invalid"
+        assert "appears more than once" in error["msg"]
+    status = ward.owner.execute(
+        "SELECT status FROM rpm.alerts WHERE alert_id = %s", (ward.a.alert_id,)
+    ).fetchone()
+    assert status == ("open",)
+    names = ward.owner.execute("SELECT count(*) FROM rpm.alert_rules WHERE name = 'r'").fetchone()
+    assert names == (0,)
+
+
 # --- class 7: every FHIR error is an OperationOutcome naming the parameter ---------------------
 
 
