@@ -127,12 +127,25 @@ def create_app(
 
     install_error_handlers(app, is_fhir=fhir.is_fhir_request)
 
+    _install_openapi(app)
+    _install_database_error_handlers(app)
+    _install_metrics(app, registry, job_stats, pool)
+    return app
+
+
+def _install_openapi(app: FastAPI) -> None:
+    """FHIR operations document their OperationOutcome 400s, not FastAPI's 422."""
+
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             app.openapi_schema = fhir.drop_validation_responses(FastAPI.openapi(app))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
+
+
+def _install_database_error_handlers(app: FastAPI) -> None:
+    """Answers for errors the database raises on the client's behalf: never a 500."""
 
     @app.exception_handler(NotVisibleError)
     async def not_visible(request: Request, exc: NotVisibleError) -> JSONResponse:
@@ -164,10 +177,15 @@ def create_app(
             return outcome_response(status.HTTP_409_CONFLICT, "conflict", detail)
         return JSONResponse({"detail": detail}, status_code=status.HTTP_409_CONFLICT)
 
+
+def _install_metrics(
+    app: FastAPI,
+    registry: CollectorRegistry,
+    job_stats: TimescaleJobStats | None,
+    pool: AsyncConnectionPool,
+) -> None:
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         if job_stats is not None:
             await job_stats.refresh(pool)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    return app
