@@ -437,6 +437,8 @@ def _decode_ordinary(items: list[Any]) -> DecodedReadings | None:
     ASCII client id without NUL, or none. The checks run column by column, so the result
     equals what ``_decode_reading`` gives for each item.
     """
+    # One long function on purpose: it is the decoder's hot path, each check a C-level pass
+    # over one column, and the early returns to the per-item path read best in one place.
     count = len(items)
     if set(map(type, items)) != {dict}:
         return None
