@@ -123,6 +123,7 @@ def _serve_until_ready(args: list[str], env: dict[str, str], log: Path) -> dict[
         server.wait(timeout=60)
 
 
+@pytest.mark.slow  # two worker processes, each starting its pools
 def test_serve_with_several_worker_processes(db_url: str, api_db_url: str, tmp_path: Path) -> None:
     """`rpmstore serve --workers 2` starts worker processes that each find the database."""
     env = {

@@ -10,10 +10,13 @@ quarantine row with its raw bytes, and an accepted one accounts for each of its 
 from __future__ import annotations
 
 import psycopg
+import pytest
 from hypothesis import HealthCheck, given, settings
 
 from tests.integration.test_http_ingest import Ward, ward  # noqa: F401  # the ward fixture
 from tests.unit.test_payload_fuzz import Node, hostile_payloads
+
+pytestmark = pytest.mark.slow  # Hypothesis examples, each through real HTTP ingest
 
 _COUNTS = """
 SELECT (SELECT count(*) FROM rpm.readings),
