@@ -2,7 +2,8 @@
 
 Readers use ``rpm.vitals_timeline`` (migration 0004) or the relations ``rpm.readings_1m``,
 ``rpm.readings_1h`` and ``rpm.readings_1d``: materialized buckets below a watermark, the rest
-aggregated from raw readings on the fly, so answers are current whatever the refresher did.
+aggregated from raw readings on the fly, so new readings show at once; a late reading for a
+bucket already materialized shows after the next refresh (its invalidation is recorded).
 
 Keeping them materialized is :func:`refresh_rollups`:
 
