@@ -16,25 +16,19 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document = dict(pairs)
-    if len(document) != len(pairs):
-        seen: set[str] = set()
-        for name, _ in pairs:
-            if name in seen:
-                # JSONDecodeError is what FastAPI turns into a 422 json_invalid error.
-                raise json.JSONDecodeError(
-                    f"member {json.dumps(name)} appears more than once in one object", "", 0
-                )
-            seen.add(name)
-    return document
+from ingest import DuplicateMemberError, loads_strict
 
 
 class StrictJsonRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = json.loads(await self.body(), object_pairs_hook=_unique_members)
+            try:
+                self._json = loads_strict(await self.body())
+            except DuplicateMemberError as exc:
+                # JSONDecodeError is what FastAPI turns into a 422 json_invalid error.
+                raise json.JSONDecodeError(
+                    f"member {json.dumps(exc.name)} appears more than once in one object", "", 0
+                ) from None
         return self._json
 
 

@@ -9,16 +9,19 @@ from ingest.payload import MAX_PAYLOAD_BYTES
 from ingest.runtime import IngestLimits, IngestRuntime, open_ingest_runtime
 from ingest.series import touched_ranges
 from ingest.service import IngestReport, PayloadRejectedError, RejectedReading
+from ingest.strict_json import DuplicateMemberError, loads_strict
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
     "BufferFullError",
     "DatabaseUnavailableError",
+    "DuplicateMemberError",
     "IngestLimits",
     "IngestReport",
     "IngestRuntime",
     "PayloadRejectedError",
     "RejectedReading",
+    "loads_strict",
     "open_ingest_runtime",
     "touched_ranges",
 ]

@@ -93,6 +93,7 @@ import numpy.typing as npt
 import orjson
 
 from ingest.rfc3339 import parse_rfc3339_column
+from ingest.strict_json import DuplicateMemberError, loads_strict
 
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_READINGS_PER_PAYLOAD = 1000
@@ -343,12 +344,8 @@ def _parse_reference(raw: bytes) -> Any:
             f"({exc.reason})",
         ) from None
     try:
-        return json.loads(
-            text,
-            parse_constant=_NON_FINITE_LITERALS.__getitem__,
-            object_pairs_hook=_unique_members,
-        )
-    except _DuplicateMemberError as exc:
+        return loads_strict(text, parse_constant=_NON_FINITE_LITERALS.__getitem__)
+    except DuplicateMemberError as exc:
         raise PayloadError(
             "duplicate_member",
             f"member {json_excerpt(exc.name)} appears more than once in one object: "
@@ -363,26 +360,6 @@ def _parse_reference(raw: bytes) -> Any:
         raise PayloadError("malformed_json", "payload is nested too deeply") from None
     except ValueError as exc:  # e.g. an integer literal longer than Python's 4300-digit limit
         raise PayloadError("malformed_json", f"payload is not valid JSON: {exc}") from None
-
-
-class _DuplicateMemberError(Exception):
-    """Not a ValueError: json.loads must let it through instead of reporting bad JSON."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """json's object_pairs_hook: a dict, unless a member name repeats."""
-    document = dict(pairs)
-    if len(document) != len(pairs):
-        seen: set[str] = set()
-        for name, _ in pairs:
-            if name in seen:
-                raise _DuplicateMemberError(name)
-            seen.add(name)
-    return document
 
 
 def _check_document(document: Any, *, require_device_id: bool) -> DecodedPayload:

@@ -37,7 +37,13 @@ from psycopg.rows import dict_row
 from api.access import ScopedTransaction
 from api.fhir.mapping import EntryRefused, MappedObservation, PatientIdentifier, map_observation
 from api.fhir.resources import issue, now_instant, operation_outcome
-from ingest import IngestReport, IngestRuntime, PayloadRejectedError
+from ingest import (
+    DuplicateMemberError,
+    IngestReport,
+    IngestRuntime,
+    PayloadRejectedError,
+    loads_strict,
+)
 from schema.sql import queries
 
 log = logging.getLogger(__name__)
@@ -74,30 +80,11 @@ class Entry:
     report: IngestReport | None = None
 
 
-class _RepeatedMemberError(Exception):
-    """Not a ValueError, so that it is not reported as malformed JSON."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document = dict(pairs)
-    if len(document) != len(pairs):
-        seen: set[str] = set()
-        for name, _ in pairs:
-            if name in seen:
-                raise _RepeatedMemberError(name)
-            seen.add(name)
-    return document
-
-
 def parse_bundle(raw: bytes) -> tuple[BundleType, list[Any]]:
     """The bundle's type and its entries' resources, or :class:`BundleRefused`."""
     try:
-        body = json.loads(raw, object_pairs_hook=_unique_members)
-    except _RepeatedMemberError as exc:
+        body = loads_strict(raw)
+    except DuplicateMemberError as exc:
         # As for device payloads: a repeated member (two entry arrays, two valueQuantity)
         # is ambiguous JSON; refused whole rather than read one way and silently lose the other.
         raise BundleRefused(
