@@ -191,6 +191,55 @@ def dependent_views(conn: psycopg.Connection, table: TableDefinition) -> list[Vi
     return [View(r[0], r[1].strip().rstrip(";"), tuple(r[2] or ())) for r in rows]
 
 
+@dataclass(frozen=True)
+class ContinuousAggregates:
+    """The continuous aggregates built directly on a hypertable (TSL edition), as a swap moves
+    them to the table taking the live name: their views (partial, direct, user, per aggregate)
+    and TimescaleDB's invalidation trigger function, when the table has the trigger."""
+
+    names: tuple[str, ...]  # user views, schema-qualified
+    views: tuple[View, ...]
+    trigger_function: str | None
+
+    def __bool__(self) -> bool:
+        return bool(self.names)
+
+
+def continuous_aggregates(conn: psycopg.Connection, table: TableDefinition) -> ContinuousAggregates:
+    """What a swap must carry over of the aggregates on ``table`` (inside the caller's
+    transaction; deparsed like :func:`dependent_views`)."""
+    with _qualified_names(conn):
+        rows = conn.execute(
+            q("continuous_aggregate_views"), {"hypertable_id": table.hypertable_id}
+        ).fetchall()
+        trigger = conn.execute(q("invalidation_trigger"), {"oid": table.oid}).fetchone()
+    names = tuple(dict.fromkeys(str(r[0]) for r in rows))
+    views = tuple(View(r[1], r[2].strip().rstrip(";"), tuple(r[3] or ())) for r in rows)
+    return ContinuousAggregates(names, views, str(trigger[0]) if trigger else None)
+
+
+def hypertable_id(conn: psycopg.Connection, schema: str, name: str) -> int:
+    row = conn.execute(q("hypertable"), {"schema": schema, "name": name}).fetchone()
+    if row is None:
+        raise RechunkRefusedError(f"{schema}.{name} is not a hypertable")
+    return int(row[1])
+
+
+def refuse_unwritable_catalogue(
+    conn: psycopg.Connection, table: TableDefinition, aggregates: ContinuousAggregates
+) -> None:
+    """Moving aggregates writes TimescaleDB's catalogue: say so before anything is done."""
+    if not aggregates:
+        return
+    row = conn.execute(q("catalogue_writable"), {}).fetchone()
+    if row is None or not row[0]:
+        raise RechunkRefusedError(
+            f"{table.qualified} has continuous aggregates ({', '.join(aggregates.names)}): the "
+            f"cutover moves them to the new table by updating TimescaleDB's catalogue, which "
+            f"only its owner may write. Run the re-chunk as a superuser (DATABASE_URL)"
+        )
+
+
 def _read_definition(conn: psycopg.Connection, schema: str, name: str) -> TableDefinition:
     row = conn.execute(q("hypertable"), {"schema": schema, "name": name}).fetchone()
     if row is None:

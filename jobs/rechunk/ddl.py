@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from jobs.rechunk.catalog import Column, Index, Policy, TableDefinition, View
+from jobs.rechunk.catalog import Column, Index, Policy, TableDefinition, View, q
 from jobs.rechunk.errors import RechunkRefusedError
 
 _MAX_IDENTIFIER = 63
@@ -295,6 +295,24 @@ def replace_views(views: list[View]) -> list[Statement]:
             )
         )
     return statements
+
+
+def move_invalidation_trigger(
+    function: str | None, *, outgoing: sql.Identifier, incoming: sql.Identifier, hypertable_id: int
+) -> list[Statement]:
+    """TimescaleDB's invalidation trigger leaves the table the aggregates no longer read and is
+    created on the one they now read, with its hypertable id (none when the database collects
+    invalidations from the WAL instead)."""
+    if function is None:
+        return []
+    return [
+        sql.SQL(q("drop_invalidation_trigger")).format(table=outgoing),
+        sql.SQL(q("create_invalidation_trigger")).format(
+            table=incoming,
+            function=sql.SQL(function),  # regproc text from the catalogue
+            hypertable_id=sql.Literal(str(hypertable_id)),
+        ),
+    ]
 
 
 def drop_user_triggers(table: TableDefinition, on: sql.Identifier) -> list[Statement]:

@@ -16,8 +16,10 @@ from jobs.rechunk.catalog import (
     Dimension,
     TableDefinition,
     check_partitioning,
+    continuous_aggregates,
     q,
     refuse_dependents,
+    refuse_unwritable_catalogue,
 )
 from jobs.rechunk.errors import RechunkRefusedError
 from jobs.rechunk.ledger import Ledger
@@ -40,6 +42,8 @@ def check(conn: psycopg.Connection, table: TableDefinition, target: Sequence[Dim
             f"{', '.join(d.describe() for d in table.dimensions)}: nothing to do"
         )
     refuse_dependents(conn, table)
+    with conn.transaction():
+        refuse_unwritable_catalogue(conn, table, continuous_aggregates(conn, table))
     check_partitioning(table, target)
 
 

@@ -16,11 +16,15 @@ from psycopg import sql
 
 from jobs.rechunk import ddl
 from jobs.rechunk.catalog import (
+    ContinuousAggregates,
     TableDefinition,
+    continuous_aggregates,
     dependent_views,
+    hypertable_id,
     q,
     read_definition,
     refuse_dependents,
+    refuse_unwritable_catalogue,
 )
 from jobs.rechunk.ledger import Ledger
 from jobs.rechunk.locking import Locks
@@ -89,6 +93,8 @@ class Swaps:
             table = read_definition(conn, schema, name)
             refuse_dependents(conn, table)
             views = dependent_views(conn, table)
+            aggregates = continuous_aggregates(conn, table)
+            refuse_unwritable_catalogue(conn, table, aggregates)
             drop_triggers(conn, on=live, names=names)
             # The dual write into the table going live stops: it is the live one now.
             drop_mirror_function(
@@ -105,6 +111,7 @@ class Swaps:
                 *ddl.replace_views(views),
             ):
                 conn.execute(statement)
+            _move_aggregates(conn, aggregates, table, live=live, kept=kept)
             if forward:
                 for statement in ddl.drop_user_triggers(table, kept):
                     conn.execute(statement)
@@ -149,6 +156,52 @@ class Swaps:
             drop_mirror_function(self._conn, schema, function_name, if_exists=function_if_exists)
             self._conn.execute(sql.SQL(q("drop_table")).format(table=dropped))
             self._ledger.set_state(run, state)
+
+
+def _move_aggregates(
+    conn: psycopg.Connection,
+    aggregates: ContinuousAggregates,
+    table: TableDefinition,
+    *,
+    live: sql.Identifier,
+    kept: sql.Identifier,
+) -> None:
+    """The continuous aggregates on the table that had the live name follow the name (after
+    the renames, in the swap's transaction).
+
+    Design (chosen over rebuilding the aggregates on the new table and copying their
+    materialized rows, and over rewriting the hypertable in place): an aggregate reaches its
+    raw hypertable in exactly two ways, the oid in its three views and the raw hypertable id in
+    TimescaleDB's catalogue. The views are replaced with their own definitions, which now
+    resolve the live name to the incoming table (as plain views are); the raw-keyed catalogue
+    rows (the aggregate's raw hypertable, the invalidation threshold, unprocessed raw
+    invalidations) and the invalidation trigger move with them. The materialization
+    hypertables, their watermarks, refresh policies and the aggregates built on aggregates are
+    not touched: rolled-up history, including buckets whose raw rows retention has dropped, is
+    never copied, recomputed or at risk, and the swap stays a catalogue-only transaction of
+    constant size. Both directions are the same code, so a rollback moves them back exactly. The
+    price is a superuser for the run (TimescaleDB offers no public API for it): see
+    ``schema/queries/rechunk.sql`` (the named catalogue statements) and its test.
+    """
+    if not aggregates:
+        return
+    for statement in ddl.replace_views(list(aggregates.views)):
+        conn.execute(statement)
+    ids = {
+        "from_id": table.hypertable_id,
+        "to_id": hypertable_id(conn, table.schema, table.name),
+    }
+    for block in (
+        "repoint_continuous_aggregates",
+        "forget_invalidation_threshold",
+        "move_invalidation_threshold",
+        "move_invalidation_log",
+    ):
+        conn.execute(q(block), ids)
+    for statement in ddl.move_invalidation_trigger(
+        aggregates.trigger_function, outgoing=kept, incoming=live, hypertable_id=ids["to_id"]
+    ):
+        conn.execute(statement)
 
 
 def _same(name: str) -> str:

@@ -134,10 +134,11 @@ ORDER BY 1, 2, 3;
 
 -- name: dependents
 -- Objects that reach the table by its oid and would silently keep using the old table after
--- a rename swap, and that the swap cannot carry over: materialized views and continuous
--- aggregates (and TimescaleDB's internal views behind them), functions with SQL-standard
--- bodies, other tables' policies that query it, foreign keys pointing at it, and scheduled
--- jobs. Plain views are not listed: the cutover re-points them (dependent_views).
+-- a rename swap, and that the swap cannot carry over: materialized views, views inside
+-- TimescaleDB's schemas that belong to no continuous aggregate of the table, functions with
+-- SQL-standard bodies, other tables' policies that query it, foreign keys pointing at it, and
+-- scheduled jobs. Plain views and the continuous aggregates built on the table are not listed:
+-- the cutover re-points them (dependent_views, continuous_aggregate_views).
 SELECT DISTINCT CASE v.relkind WHEN 'm' THEN 'materialized view' ELSE 'view' END AS kind,
        v.oid::regclass::text
 FROM pg_depend d
@@ -148,10 +149,13 @@ WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = %(oid)s AND v.oid <> 
   AND (v.relkind <> 'v' OR vn.nspname LIKE '\_timescaledb%%'
        OR EXISTS (SELECT FROM _timescaledb_catalog.continuous_agg ca
                   WHERE ca.user_view_schema = vn.nspname AND ca.user_view_name = v.relname))
-UNION ALL
-SELECT 'continuous aggregate', format('%%I.%%I', ca.user_view_schema, ca.user_view_name)
-FROM _timescaledb_catalog.continuous_agg ca
-WHERE ca.raw_hypertable_id = %(hypertable_id)s
+  -- The views of continuous aggregates built directly on the table are carried over by the
+  -- swap (continuous_aggregate_views); those of any other aggregate are not.
+  AND NOT EXISTS (SELECT FROM _timescaledb_catalog.continuous_agg ca
+                  WHERE ca.raw_hypertable_id = %(hypertable_id)s
+                    AND (vn.nspname, v.relname) IN ((ca.user_view_schema, ca.user_view_name),
+                                                    (ca.partial_view_schema, ca.partial_view_name),
+                                                    (ca.direct_view_schema, ca.direct_view_name)))
 UNION ALL
 SELECT DISTINCT 'function', d.objid::regprocedure::text
 FROM pg_depend d
@@ -186,6 +190,42 @@ WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = %(oid)s AND v.oid <> 
   AND NOT EXISTS (SELECT FROM _timescaledb_catalog.continuous_agg ca
                   WHERE ca.user_view_schema = vn.nspname AND ca.user_view_name = v.relname)
 ORDER BY 1;
+
+-- name: continuous_aggregate_views
+-- The continuous aggregates built directly on the table (TSL edition; hierarchical ones are
+-- built on these, not on the table, and need nothing): each one's three views, which reach the
+-- table by oid. The user view (real-time: materialized buckets UNION ALL the table above the
+-- watermark), the partial view (what a refresh materializes from) and the direct view (what
+-- TimescaleDB rebuilds the user view from). Deparsed with search_path = pg_catalog, like
+-- dependent_views, so CREATE OR REPLACE VIEW after the renames resolves the table's name to the
+-- table carrying it; the views keep their oids, owners, grants, and the aggregates on them.
+SELECT format('%%I.%%I', ca.user_view_schema, ca.user_view_name), v.view_name,
+       pg_get_viewdef(v.view_name::regclass), c.reloptions
+FROM _timescaledb_catalog.continuous_agg ca
+CROSS JOIN LATERAL (VALUES (1, format('%%I.%%I', ca.partial_view_schema, ca.partial_view_name)),
+                           (2, format('%%I.%%I', ca.direct_view_schema, ca.direct_view_name)),
+                           (3, format('%%I.%%I', ca.user_view_schema, ca.user_view_name)))
+     AS v (position, view_name)
+JOIN pg_class c ON c.oid = v.view_name::regclass
+WHERE ca.raw_hypertable_id = %(hypertable_id)s
+ORDER BY ca.mat_hypertable_id, v.position;
+
+-- name: invalidation_trigger
+-- TimescaleDB's invalidation trigger on the table (its argument is the hypertable id): present
+-- when continuous aggregates are built on it and invalidations are collected by trigger (the
+-- default; 2.22's optional WAL-based collection has none).
+SELECT t.tgfoid::regproc::text
+FROM pg_trigger t
+WHERE t.tgrelid = %(oid)s AND t.tgname = 'ts_cagg_invalidation_trigger';
+
+-- name: catalogue_writable
+-- Re-pointing continuous aggregates writes TimescaleDB's catalogue, which belongs to the
+-- extension's owner (a superuser): TimescaleDB has no public API to move an aggregate to another
+-- hypertable.
+SELECT bool_and(has_table_privilege(t, 'UPDATE'))
+FROM unnest(ARRAY['_timescaledb_catalog.continuous_agg',
+                  '_timescaledb_catalog.continuous_aggs_invalidation_threshold',
+                  '_timescaledb_catalog.continuous_aggs_hypertable_invalidation_log']) t;
 
 -- name: chunks
 -- Each chunk with the expression of its dimension constraints: exactly the rows it may hold,
@@ -313,6 +353,51 @@ ALTER INDEX {index} RENAME TO {new_name};
 
 -- name: drop_table
 DROP TABLE {table};
+
+-- ---------------------------------------------------------------------------------------------
+-- Continuous aggregates follow the swap (TSL edition). TimescaleDB's INTERNAL catalogue: these
+-- are the only statements of the re-chunk that write it. The three tables are unchanged from
+-- 2.19 to 2.22 (no update script between them touches them; 2.22 only added the per-aggregate
+-- continuous_aggs_materialization_ranges, keyed by the materialization hypertable), and they are
+-- covered by
+-- tests/integration/test_rechunk.py::test_continuous_aggregates_follow_cutover_and_rollback.
+-- Everything keyed by the MATERIALIZATION hypertable (materialized rows, watermark, per-aggregate
+-- invalidation logs, refresh policies, hierarchical aggregates) is left alone: nothing is
+-- copied or recomputed, so rolled-up history older than the raw data cannot be lost. Only what
+-- is keyed by the RAW hypertable moves to the table taking the live name, in the swap's
+-- transaction: which table the aggregates read, the invalidation threshold (below it inserts
+-- are logged as invalidations), and the raw invalidations not yet processed. The two tables
+-- hold the same rows (verified, then dual-written), so every bucket computes the same either way.
+-- ---------------------------------------------------------------------------------------------
+
+-- name: repoint_continuous_aggregates
+UPDATE _timescaledb_catalog.continuous_agg
+SET raw_hypertable_id = %(to_id)s
+WHERE raw_hypertable_id = %(from_id)s;
+
+-- name: forget_invalidation_threshold
+-- The table taking the aggregates never had any; a stale row would win over the moved one.
+DELETE FROM _timescaledb_catalog.continuous_aggs_invalidation_threshold
+WHERE hypertable_id = %(to_id)s;
+
+-- name: move_invalidation_threshold
+UPDATE _timescaledb_catalog.continuous_aggs_invalidation_threshold
+SET hypertable_id = %(to_id)s
+WHERE hypertable_id = %(from_id)s;
+
+-- name: move_invalidation_log
+UPDATE _timescaledb_catalog.continuous_aggs_hypertable_invalidation_log
+SET hypertable_id = %(to_id)s
+WHERE hypertable_id = %(from_id)s;
+
+-- name: drop_invalidation_trigger
+DROP TRIGGER ts_cagg_invalidation_trigger ON {table};
+
+-- name: create_invalidation_trigger
+-- As TimescaleDB creates it (cagg_add_trigger_hypertable): row level, after every change, the
+-- hypertable id as its one argument. On a hypertable, CREATE TRIGGER reaches every chunk.
+CREATE TRIGGER ts_cagg_invalidation_trigger AFTER INSERT OR UPDATE OR DELETE ON {table}
+    FOR EACH ROW EXECUTE FUNCTION {function}({hypertable_id});
 
 -- ---------------------------------------------------------------------------------------------
 -- Ledger.

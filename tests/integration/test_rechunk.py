@@ -246,6 +246,28 @@ def load(db_url: str) -> Iterator[Callable[[], IngestLoad]]:
             load.stop()
 
 
+def full_edition(conn: psycopg.Connection) -> bool:
+    return conn.execute("SELECT current_setting('timescaledb.license')").fetchone() == (
+        "timescale",
+    )
+
+
+@pytest.fixture
+def rechunk_url(db_url: str, conn: psycopg.Connection, pg_server: PgServer) -> str:
+    """The URL the re-chunk runs with. The owner's, as ingest and the API; on the full edition
+    the superuser's: rpm.readings has continuous aggregates there, and the cutover moves them by
+    writing TimescaleDB's catalogue, which only the extension's owner may (as in production)."""
+    if not full_edition(conn):
+        return db_url
+    return pg_server.url(str(conninfo_to_dict(db_url)["dbname"]), admin=True)
+
+
+@pytest.fixture
+def rechunk_conn(rechunk_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(rechunk_url, autocommit=True) as connection:
+        yield connection
+
+
 # -- tests --------------------------------------------------------------------------------------
 
 
@@ -255,6 +277,7 @@ def test_rechunk_killed_mid_copy_resumes_and_cuts_over(
     tmp_path: Path,
     pg_server: PgServer,
     debian_root: DebianRoot,
+    rechunk_url: str,
 ) -> None:
     """SIGKILL inside a batch's transaction and between two batches; each rerun continues
     where the ledger says, and the result holds every row exactly once."""
@@ -262,7 +285,7 @@ def test_rechunk_killed_mid_copy_resumes_and_cuts_over(
     source_chunks = scalar(conn, "SELECT count(*) FROM show_chunks('rpm.readings')")
     args = ("rechunk", "readings", "--chunk-interval", "1 day", "--batch-rows", "1000")
 
-    first = rpmstore(db_url, tmp_path / "first.log", *args, pause="inside:3")
+    first = rpmstore(rechunk_url, tmp_path / "first.log", *args, pause="inside:3")
     first.wait_for(PAUSE_MARKER)
     first.kill()
     after_first = ledger(conn)
@@ -272,7 +295,7 @@ def test_rechunk_killed_mid_copy_resumes_and_cuts_over(
     # The fourth batch was inserted but never committed: nothing of it is in the new table.
     assert scalar(conn, "SELECT count(*) FROM rpm.readings_rc1") == copied
 
-    second = rpmstore(db_url, tmp_path / "second.log", *args, pause="between:5")
+    second = rpmstore(rechunk_url, tmp_path / "second.log", *args, pause="between:5")
     second.wait_for(PAUSE_MARKER)
     second.kill()
     after_second = ledger(conn)
@@ -281,7 +304,7 @@ def test_rechunk_killed_mid_copy_resumes_and_cuts_over(
         r for _s, _b, r in after_second.values()
     )
 
-    output = rpmstore(db_url, tmp_path / "third.log", *args).finish()
+    output = rpmstore(rechunk_url, tmp_path / "third.log", *args).finish()
     assert "cut over" in output
     assert dimensions(conn) == [("measured_at", "1 day")]
     assert scalar(conn, "SELECT count(*) FROM rpm.readings") == rows
@@ -316,6 +339,7 @@ def test_ingest_during_rechunk_loses_nothing(
     load: Callable[[], IngestLoad],
     pg_server: PgServer,
     debian_root: DebianRoot,
+    rechunk_url: str,
 ) -> None:
     """The group committer writes (COPY fast path and staging merge) before, during and after
     the copy, across a SIGKILL and across the cutover: sent = stored, no duplicates, every
@@ -324,7 +348,7 @@ def test_ingest_during_rechunk_loses_nothing(
     ingest = load()
     ingest.wait_batches(5)
     args = ("rechunk", "readings", "--chunk-interval", "1 day", "--batch-rows", "500")
-    paused = rpmstore(db_url, tmp_path / "paused.log", *args, pause="between:4")
+    paused = rpmstore(rechunk_url, tmp_path / "paused.log", *args, pause="between:4")
     paused.wait_for(PAUSE_MARKER)
     # The dual write is on; the copy has stopped. Ingest goes on, and one reading opens a
     # week that had no chunk: a source chunk born during the migration.
@@ -334,7 +358,7 @@ def test_ingest_during_rechunk_loses_nothing(
     paused.kill()
     ingest.wait_batches(ingest.batches + 5)
 
-    output = rpmstore(db_url, tmp_path / "resumed.log", *args).finish()
+    output = rpmstore(rechunk_url, tmp_path / "resumed.log", *args).finish()
     assert "cut over" in output
     ingest.wait_batches(ingest.batches + 20)  # into the new table, mirrored into the old one
     ingest.stop()
@@ -365,7 +389,7 @@ def test_ingest_during_rechunk_loses_nothing(
     assert scalar(conn, "SELECT count(*) FROM rpm.rechunk_reconciliation") > 30
     assert dimensions(conn) == [("measured_at", "1 day")]
 
-    rpmstore(db_url, tmp_path / "finalize.log", "rechunk", "finalize").finish()
+    rpmstore(rechunk_url, tmp_path / "finalize.log", "rechunk", "finalize").finish()
     assert scalar(conn, "SELECT count(*) FROM pg_tables WHERE tablename = 'readings_rc1_old'") == 0
     assert scalar(conn, "SELECT count(*) FROM rpm.readings") == expected
     amcheck(pg_server, debian_root, db_url)
@@ -408,12 +432,13 @@ def _without_dimensions(description: dict[str, list[tuple[str, ...]]]) -> dict[s
 
 def test_new_table_is_a_faithful_copy_and_rollback_restores_the_old(
     conn: psycopg.Connection,
+    rechunk_conn: psycopg.Connection,
 ) -> None:
     _decorate(conn)
     seed(conn, 5_000)
     assert scalar(conn, "SELECT n FROM rpm.readings_seen") == 5_000
     before = describe(conn)
-    rechunker = Rechunker(conn, options=Options(batch_rows=2_000))
+    rechunker = Rechunker(rechunk_conn, options=Options(batch_rows=2_000))
 
     report = rechunker.rechunk("rpm", "readings", chunk_interval="1 day")
     assert report.state == "cut_over"
@@ -460,9 +485,12 @@ def test_new_table_is_a_faithful_copy_and_rollback_restores_the_old(
     assert states == [(1, "rolled_back", True), (2, "finalized", True)]
 
 
-def test_changes_other_than_inserts_are_refused_during_a_run(conn: psycopg.Connection) -> None:
+def test_changes_other_than_inserts_are_refused_during_a_run(
+    conn: psycopg.Connection,
+    rechunk_conn: psycopg.Connection,
+) -> None:
     seed(conn, 3_000)
-    rechunker = Rechunker(conn, options=Options(batch_rows=1_000, cutover=False))
+    rechunker = Rechunker(rechunk_conn, options=Options(batch_rows=1_000, cutover=False))
     report = rechunker.rechunk("rpm", "readings", chunk_interval="2 days")
     assert report.state == "copying"
     with pytest.raises(psycopg.errors.ObjectInUse, match="being migrated"):
@@ -478,6 +506,7 @@ def test_changes_other_than_inserts_are_refused_during_a_run(conn: psycopg.Conne
 
 def test_views_follow_the_new_table_and_other_dependents_are_refused(
     conn: psycopg.Connection,
+    rechunk_conn: psycopg.Connection,
 ) -> None:
     """A plain view is re-pointed at cutover (it would otherwise keep reading the old table);
     what a swap cannot carry over is listed and refused."""
@@ -491,7 +520,7 @@ def test_views_follow_the_new_table_and_other_dependents_are_refused(
         "CREATE POLICY with_readings ON rpm.alerts USING "
         "(EXISTS (SELECT FROM rpm.readings r WHERE r.patient_id = alerts.patient_id))"
     )
-    rechunker = Rechunker(conn, options=Options(batch_rows=1_000))
+    rechunker = Rechunker(rechunk_conn, options=Options(batch_rows=1_000))
     with pytest.raises(
         RechunkRefusedError,
         match=r"materialized view rpm\.latest; policy with_readings on rpm\.alerts",
@@ -531,10 +560,11 @@ def test_repartition_by_hash_of_device(
     tmp_path: Path,
     pg_server: PgServer,
     debian_root: DebianRoot,
+    rechunk_url: str,
 ) -> None:
     rows = seed(conn, 8_000)
     refused = rpmstore(
-        db_url,
+        rechunk_url,
         tmp_path / "refused.log",
         "repartition",
         "readings",
@@ -547,7 +577,7 @@ def test_repartition_by_hash_of_device(
     assert "unique index readings_natural_key" in refused.log.read_text()
 
     output = rpmstore(
-        db_url, tmp_path / "repartition.log", "repartition", "readings", "--partitions", "4"
+        rechunk_url, tmp_path / "repartition.log", "repartition", "readings", "--partitions", "4"
     ).finish()
     assert "hash(device_id) into 4" in output
     assert dimensions(conn) == [("measured_at", "7 days"), ("device_id", "4")]
@@ -561,14 +591,17 @@ def test_repartition_by_hash_of_device(
         )
         > 1
     )
-    status = rpmstore(db_url, tmp_path / "status.log", "rechunk", "status").finish()
+    status = rpmstore(rechunk_url, tmp_path / "status.log", "rechunk", "status").finish()
     assert "repartition rpm.readings" in status and "cut_over" in status
-    rpmstore(db_url, tmp_path / "finalize.log", "rechunk", "finalize", "readings").finish()
+    rpmstore(rechunk_url, tmp_path / "finalize.log", "rechunk", "finalize", "readings").finish()
     amcheck(pg_server, debian_root, db_url)
 
 
-def test_nonsense_is_refused_with_a_reason(conn: psycopg.Connection) -> None:
-    rechunker = Rechunker(conn)
+def test_nonsense_is_refused_with_a_reason(
+    conn: psycopg.Connection,
+    rechunk_conn: psycopg.Connection,
+) -> None:
+    rechunker = Rechunker(rechunk_conn)
     with pytest.raises(RechunkRefusedError, match="chunk-interval"):
         rechunker.rechunk("rpm", "readings", chunk_interval="one fortnight")
     with pytest.raises(RechunkRefusedError, match="nothing to do"):
@@ -581,40 +614,49 @@ def test_nonsense_is_refused_with_a_reason(conn: psycopg.Connection) -> None:
 
 
 def test_cutover_waits_briefly_for_the_lock_and_gives_up_cleanly(
-    db_url: str, conn: psycopg.Connection
+    db_url: str,
+    conn: psycopg.Connection,
+    rechunk_conn: psycopg.Connection,
 ) -> None:
     """A transaction holding the live table makes the cutover fail after its short
     lock_timeout attempts, leaving the run intact; once it ends, the rerun cuts over."""
     rows = seed(conn, 4_000)
     options = Options(batch_rows=1_000, lock_timeout_s=0.2, lock_attempts=2)
-    Rechunker(conn, options=Options(batch_rows=1_000, cutover=False)).rechunk(
+    Rechunker(rechunk_conn, options=Options(batch_rows=1_000, cutover=False)).rechunk(
         "rpm", "readings", chunk_interval="1 day"
     )
     with psycopg.connect(db_url) as holder:
         holder.execute("LOCK TABLE rpm.readings IN ROW EXCLUSIVE MODE")  # like an ingest batch
         with pytest.raises(LockBusyError, match="2 attempts"):
-            Rechunker(conn, options=options).rechunk("rpm", "readings", chunk_interval="1 day")
+            Rechunker(rechunk_conn, options=options).rechunk(
+                "rpm", "readings", chunk_interval="1 day"
+            )
         holder.rollback()
     assert scalar(conn, "SELECT count(*) FROM rpm.rechunk_runs WHERE state = 'copying'") == 1
     assert dimensions(conn) == [("measured_at", "7 days")]
-    report = Rechunker(conn, options=options).rechunk("rpm", "readings", chunk_interval="1 day")
+    report = Rechunker(rechunk_conn, options=options).rechunk(
+        "rpm", "readings", chunk_interval="1 day"
+    )
     assert report.state == "cut_over"
     assert report.copied_rows == 0  # nothing copied twice: the ledger said it was done
     assert scalar(conn, "SELECT count(*) FROM rpm.readings") == rows
 
 
-def test_a_damaged_copy_is_never_cut_over(conn: psycopg.Connection) -> None:
+def test_a_damaged_copy_is_never_cut_over(
+    conn: psycopg.Connection,
+    rechunk_conn: psycopg.Connection,
+) -> None:
     """Rows lost from the new table behind the ledger's back show in the reconciliation,
     and the cutover is refused."""
     seed(conn, 4_000)
-    rechunker = Rechunker(conn, options=Options(batch_rows=1_000, cutover=False))
+    rechunker = Rechunker(rechunk_conn, options=Options(batch_rows=1_000, cutover=False))
     rechunker.rechunk("rpm", "readings", chunk_interval="1 day")
     conn.execute(
         "DELETE FROM rpm.readings_rc1 WHERE measured_at < (SELECT min(measured_at) + "
         "interval '1 hour' FROM rpm.readings_rc1)"
     )
     with pytest.raises(VerificationError, match="rows per day differ"):
-        Rechunker(conn).rechunk("rpm", "readings", chunk_interval="1 day")
+        Rechunker(rechunk_conn).rechunk("rpm", "readings", chunk_interval="1 day")
     assert dimensions(conn) == [("measured_at", "7 days")]
     differing = conn.execute(
         "SELECT old_rows - new_rows FROM rpm.rechunk_reconciliation WHERE difference <> 0"
@@ -624,7 +666,10 @@ def test_a_damaged_copy_is_never_cut_over(conn: psycopg.Connection) -> None:
     assert scalar(conn, "SELECT count(*) FROM rpm.readings") == 4_000
 
 
-def test_generic_over_hypertables_with_key_constraints(conn: psycopg.Connection) -> None:
+def test_generic_over_hypertables_with_key_constraints(
+    conn: psycopg.Connection,
+    rechunk_conn: psycopg.Connection,
+) -> None:
     """Another hypertable, in another schema: a primary key and a unique constraint (indexes
     behind constraints, swapped by constraint name), and a view over it re-pointed."""
     conn.execute(
@@ -655,7 +700,7 @@ def test_generic_over_hypertables_with_key_constraints(conn: psycopg.Connection)
         "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = ANY(%(schemas)s) ORDER BY 1",
         schemas,
     ).fetchall()
-    rechunker = Rechunker(conn, options=Options(batch_rows=500))
+    rechunker = Rechunker(rechunk_conn, options=Options(batch_rows=500))
     report = rechunker.rechunk("lab", "samples", chunk_interval="1 day")
     assert report.state == "cut_over"
     rechunker.finalize("lab", "samples")
