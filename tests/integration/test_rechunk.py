@@ -31,9 +31,11 @@ from jobs.rechunk import (
     RechunkRefusedError,
     VerificationError,
 )
+from jobs.rollups import DEFAULT_RAW_HORIZON, refresh_rollups
 from rpmstore.cli.rechunk import PAUSE_MARKER
 from rpmstore.localstack.debian_root import PG_BIN, DebianRoot
 from schema.introspect import describe
+from schema.rollup_levels import LEVELS, ROLLUP_WIDTHS
 from tests.conftest import PgServer
 
 pytestmark = pytest.mark.slow  # whole re-chunk runs in subprocesses
@@ -729,3 +731,238 @@ def test_generic_over_hypertables_with_key_constraints(
     assert scalar(conn, "SELECT sum(count) FROM lab.sample_counts") == 2_000
     with pytest.raises(psycopg.errors.UniqueViolation):
         conn.execute("INSERT INTO lab.samples SELECT * FROM lab.samples LIMIT 1")
+
+
+# -- rollups through cutover, rollback and finalize ---------------------------------------------
+
+RollupKey = tuple[uuid.UUID, int, datetime]  # patient, metric, bucket start
+# count, sum, min, max, last value, last time. Seeded and ingested values are whole numbers,
+# so sums are exact in any order and buckets compare with ==.
+RollupRow = tuple[int, float, float, float, float, datetime]
+Rollups = dict[str, dict[RollupKey, RollupRow]]
+HISTORY_START = NOW - timedelta(days=60)
+
+
+def rollups(conn: psycopg.Connection) -> Rollups:
+    """What rpm.readings_1m, _1h and _1d answer (materialized buckets and real-time tail)."""
+    answer: Rollups = {}
+    for level in LEVELS:
+        query = psycopg.sql.SQL(
+            "SELECT patient_id, metric_id, bucket_start, reading_count, value_sum, value_min, "
+            "value_max, last_value, last_at FROM {}"
+        ).format(psycopg.sql.Identifier("rpm", f"readings_{level}"))
+        answer[level] = {
+            (p, m, b): (int(c), s, lo, hi, last, at)
+            for p, m, b, c, s, lo, hi, last, at in conn.execute(query).fetchall()
+        }
+    return answer
+
+
+def raw_oracle(conn: psycopg.Connection) -> Rollups:
+    """The same rollups computed in Python from every raw reading stored."""
+    rows = conn.execute("SELECT patient_id, metric_id, measured_at, value FROM rpm.readings")
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    points: dict[str, dict[RollupKey, list[tuple[datetime, float]]]] = {
+        level: {} for level in LEVELS
+    }
+    for patient, metric, at, value in rows.fetchall():
+        for level, width in ROLLUP_WIDTHS.items():
+            start = epoch + ((at - epoch) // width) * width
+            points[level].setdefault((patient, metric, start), []).append((at, value))
+    answer: Rollups = {}
+    for name, buckets in points.items():
+        answer[name] = {}
+        for key, found in buckets.items():
+            values = [v for _at, v in found]
+            last_at, last = max(found)  # the latest; on a tie the larger value
+            answer[name][key] = (len(values), sum(values), min(values), max(values), last, last_at)
+    return answer
+
+
+def split(answer: Rollups, raw_from: datetime) -> tuple[Rollups, Rollups]:
+    """(buckets older than every raw reading still stored, the rest)."""
+    older = {lv: {k: v for k, v in rows.items() if k[2] < raw_from} for lv, rows in answer.items()}
+    rest = {lv: {k: v for k, v in rows.items() if k[2] >= raw_from} for lv, rows in answer.items()}
+    return older, rest
+
+
+def ingest_late_and_fresh(db_url: str, n: int) -> None:
+    """Through the group committer, as devices send them (so both editions record the
+    invalidations their refresh needs): readings 10 and 3 days late into buckets already
+    materialized, and fresh ones."""
+    device = uuid.uuid5(uuid.NAMESPACE_OID, f"rollup-device-{n}")
+    patient = uuid.uuid5(uuid.NAMESPACE_OID, "patient-of-rechunk-rollups")
+    readings = [
+        ValidatedReading(at, device, patient, 2, 300.0 + n * 10 + k, at)
+        for k, at in enumerate(
+            (
+                NOW - timedelta(days=10, minutes=7 * n, seconds=-23),
+                NOW - timedelta(days=3, minutes=3 * n, seconds=-41),
+                NOW - timedelta(minutes=2, seconds=n),
+            )
+        )
+    ]
+
+    async def main() -> None:
+        async with asyncpg.create_pool(db_url, min_size=1, max_size=1) as pool:
+            committer = GroupCommitter(pool, source="http", max_delay_s=0.001)
+            await committer.start()
+            try:
+                outcome = await committer.submit(
+                    IngestRequest(
+                        readings=readings,
+                        reading_indexes=list(range(len(readings))),
+                        quarantine=(),
+                        raw_payload=b"{}",
+                        received_at=time.time(),
+                    )
+                )
+            finally:
+                await committer.stop()
+            assert not outcome.conflicts and not outcome.refused and not outcome.duplicates
+
+    asyncio.run(main())
+
+
+def refreshed(conn: psycopg.Connection, raw_horizon: timedelta = DEFAULT_RAW_HORIZON) -> None:
+    """Materialize what the edition's refresh would, never before ``now() - raw_horizon``."""
+    if not full_edition(conn):
+        assert refresh_rollups(conn, raw_horizon=raw_horizon).ran
+        return
+    # TimescaleDB's own refresh, as the policies run it (the refresher would first replace the
+    # policies, which is not what this test is about).
+    start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - raw_horizon
+    for level in LEVELS:
+        conn.execute(
+            "CALL refresh_continuous_aggregate(%s::regclass, %s::timestamptz, NULL)",
+            (f"rpm.readings_{level}", start + timedelta(days=1)),
+        )
+
+
+def test_rollups_and_rolled_up_history_survive_cutover_rollback_and_finalize(
+    db_url: str,
+    conn: psycopg.Connection,
+    rechunk_conn: psycopg.Connection,
+) -> None:
+    """On both editions rpm.readings_1m/1h/1d answer the same before and after a cutover and a
+    rollback, stay equal to an oracle from raw after refreshes that process readings stored
+    before, between and after the swaps, and buckets older than any raw reading (their chunks
+    dropped by retention: they exist only in the rollups) are never lost. On the full edition
+    these are hierarchical continuous aggregates, moved to the new table by each swap."""
+    tsl = full_edition(conn)
+    if tsl:
+        # Deterministic answers between the test's own refreshes: the 1-minute aggregate's
+        # policy is paused, so no late reading reaches the rollups behind the test's back (the
+        # coarser levels roll up its materialized buckets). Only that one: TimescaleDB 2.22's
+        # alter_job refuses any policy of a hierarchical aggregate ("multiple refresh policies
+        # are not supported"), its own included.
+        conn.execute(
+            "SELECT alter_job(j.id, scheduled => false) FROM _timescaledb_config.bgw_job j "
+            "JOIN _timescaledb_catalog.continuous_agg ca ON ca.mat_hypertable_id = j.hypertable_id "
+            "WHERE ca.parent_mat_hypertable_id IS NULL "
+            "AND j.proc_name = 'policy_refresh_continuous_aggregate'"
+        )
+    jobs = conn.execute(
+        "SELECT job_id, proc_name, hypertable_schema, hypertable_name "
+        "FROM timescaledb_information.jobs ORDER BY job_id"
+    ).fetchall()
+    seed(conn, 6_000)
+    conn.execute(
+        """
+        INSERT INTO rpm.readings (measured_at, received_at, value, batch_id, device_id,
+                                  patient_id, metric_id)
+        SELECT %(start)s + i * interval '7 minutes', now(), 50 + i %% 30, 0,
+               md5('device' || i %% 5)::uuid, md5('patient' || i %% 5)::uuid, 1 + i %% 3
+        FROM generate_series(0, 2999) i
+        """,
+        {"start": HISTORY_START},
+    )
+    # Everything rolled up, then the oldest raw chunks dropped as retention would: their
+    # buckets now exist only in the rollups.
+    refreshed(conn, raw_horizon=timedelta(days=90))
+    dropped = conn.execute(
+        "SELECT count(*) FROM drop_chunks('rpm.readings', older_than => %s::timestamptz)",
+        (NOW - timedelta(days=40),),
+    ).fetchone()
+    assert dropped is not None and dropped[0] > 0
+    first = conn.execute("SELECT min(measured_at) FROM rpm.readings").fetchone()
+    assert first is not None
+    raw_from = first[0].replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    history, _ = split(rollups(conn), raw_from)
+    assert all(history[level] for level in LEVELS), "no rolled-up history older than raw"
+    assert split(rollups(conn), raw_from)[1] == split(raw_oracle(conn), raw_from)[1]
+
+    def assert_rollups_correct() -> None:
+        older, rest = split(rollups(conn), raw_from)
+        assert older == history, "rolled-up history older than raw data changed"
+        assert rest == split(raw_oracle(conn), raw_from)[1]
+
+    # Run 1: copied and verified; readings arrive (dual-written) before the cutover, and are
+    # refreshed only after it, through invalidations recorded against the old table.
+    rechunker = Rechunker(rechunk_conn, options=Options(batch_rows=2_000, cutover=False))
+    rechunker.rechunk("rpm", "readings", chunk_interval="1 day")
+    ingest_late_and_fresh(db_url, 1)
+    before = rollups(conn)
+    Rechunker(rechunk_conn, options=Options(batch_rows=2_000)).rechunk(
+        "rpm", "readings", chunk_interval="1 day"
+    )
+    assert rollups(conn) == before, "the cutover changed what the rollups answer"
+    if tsl:
+        readers = conn.execute(
+            "SELECT ca.user_view_name::text, h.schema_name || '.' || h.table_name "
+            "FROM _timescaledb_catalog.continuous_agg ca "
+            "JOIN _timescaledb_catalog.hypertable h ON h.id = ca.raw_hypertable_id "
+            "WHERE ca.parent_mat_hypertable_id IS NULL"
+        ).fetchall()
+        assert readers == [("readings_1m", "rpm.readings")]
+        triggers = conn.execute(
+            "SELECT tgrelid::regclass::text FROM pg_trigger "
+            "WHERE tgname = 'ts_cagg_invalidation_trigger' AND tgrelid::regclass::text "
+            "LIKE 'rpm.readings%%'"
+        ).fetchall()
+        assert triggers == [("rpm.readings",)]
+    assert dimensions(conn) == [("measured_at", "1 day")]
+    refreshed(conn)
+    assert_rollups_correct()
+
+    # Readings stored after the cutover (mirrored into the old table), refreshed only after
+    # the rollback: the invalidations follow the aggregates back.
+    ingest_late_and_fresh(db_url, 2)
+    before = rollups(conn)
+    rechunker.rollback("rpm", "readings")
+    assert rollups(conn) == before, "the rollback changed what the rollups answer"
+    assert dimensions(conn) == [("measured_at", "7 days")]
+    refreshed(conn)
+    assert_rollups_correct()
+
+    # Run 2, a repartition, finalized: the old table is dropped, the rollups stay.
+    ingest_late_and_fresh(db_url, 3)
+    rechunker = Rechunker(rechunk_conn, options=Options(batch_rows=2_000))
+    rechunker.repartition("rpm", "readings", partitions=4)
+    rechunker.finalize("rpm", "readings")
+    assert dimensions(conn) == [("measured_at", "7 days"), ("device_id", "4")]
+    ingest_late_and_fresh(db_url, 4)
+    refreshed(conn)
+    assert_rollups_correct()
+
+    # The refresh policies are the same jobs, on the same aggregates.
+    assert (
+        conn.execute(
+            "SELECT job_id, proc_name, hypertable_schema, hypertable_name "
+            "FROM timescaledb_information.jobs ORDER BY job_id"
+        ).fetchall()
+        == jobs
+    )
+    # Lineage: both runs complete in the ledger.
+    assert conn.execute(
+        "SELECT run_id, kind, state FROM rpm.rechunk_runs ORDER BY run_id"
+    ).fetchall() == [(1, "rechunk", "rolled_back"), (2, "repartition", "finalized")]
+    assert scalar(conn, "SELECT count(*) FROM rpm.rechunk_chunks WHERE state <> 'verified'") == 0
+    assert (
+        scalar(conn, "SELECT count(*) FROM rpm.rechunk_reconciliation WHERE difference <> 0") == 0
+    )
+    stored = scalar(conn, "SELECT count(*) FROM rpm.readings")
+    # Run 2 started after the third batch of late readings and before the fourth (3 each).
+    assert scalar(conn, "SELECT sum(row_count) FROM rpm.rechunk_lineage WHERE run_id = 2") == (
+        stored - 3
+    )
