@@ -21,7 +21,11 @@ orders the steps, each of which lives in its own module:
 5. *cutover* (:mod:`.swap`, :mod:`.locking`; one transaction, short lock_timeout, retried): the
    triggers moved, indexes, constraints and tables renamed, row-level security and user triggers
    switched on, and the dual write reversed (new -> old) so that ``rollback`` stays lossless until
-   ``finalize`` drops the old table.
+   ``finalize`` drops the old table. Plain views and (full edition) the continuous aggregates
+   built on the table follow the live name: the aggregates' views are replaced and their
+   raw-table catalogue rows and invalidation trigger moved, while their materialized history,
+   watermarks and policies stay where they are (:func:`.swap._move_aggregates` says why). A
+   rollback moves them back the same way.
 """
 
 from __future__ import annotations

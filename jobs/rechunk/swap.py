@@ -8,6 +8,7 @@ EXCLUSIVE lock on the live table, retried by :meth:`Locks.with_retries` while it
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Literal
 
@@ -32,6 +33,8 @@ from jobs.rechunk.mirror import drop_mirror_function, drop_triggers, install_gua
 from jobs.rechunk.model import Run, identifier
 
 Direction = Literal["cutover", "back"]
+
+log = logging.getLogger(__name__)
 
 
 class Swaps:
@@ -202,6 +205,16 @@ def _move_aggregates(
         aggregates.trigger_function, outgoing=kept, incoming=live, hypertable_id=ids["to_id"]
     ):
         conn.execute(statement)
+    log.info(
+        "continuous aggregates moved",
+        extra={
+            "table": table.qualified,
+            "aggregates": list(aggregates.names),
+            "from_hypertable_id": ids["from_id"],
+            "to_hypertable_id": ids["to_id"],
+            "invalidation_trigger": aggregates.trigger_function is not None,
+        },
+    )
 
 
 def _same(name: str) -> str:

@@ -359,8 +359,8 @@ DROP TABLE {table};
 -- are the only statements of the re-chunk that write it. The three tables are unchanged from
 -- 2.19 to 2.22 (no update script between them touches them; 2.22 only added the per-aggregate
 -- continuous_aggs_materialization_ranges, keyed by the materialization hypertable), and they are
--- covered by
--- tests/integration/test_rechunk.py::test_continuous_aggregates_follow_cutover_and_rollback.
+-- covered by tests/integration/test_rechunk.py
+-- (test_rollups_and_rolled_up_history_survive_cutover_rollback_and_finalize).
 -- Everything keyed by the MATERIALIZATION hypertable (materialized rows, watermark, per-aggregate
 -- invalidation logs, refresh policies, hierarchical aggregates) is left alone: nothing is
 -- copied or recomputed, so rolled-up history older than the raw data cannot be lost. Only what

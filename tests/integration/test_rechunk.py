@@ -566,6 +566,21 @@ def test_views_follow_the_new_table_and_other_dependents_are_refused(
     assert options == (["security_barrier=true"],)
 
 
+def test_continuous_aggregates_need_the_catalogue_owner(conn: psycopg.Connection) -> None:
+    """Moving continuous aggregates writes TimescaleDB's catalogue: the table's owner alone is
+    refused up front, before a run exists, with the reason and what to do."""
+    if not full_edition(conn):
+        pytest.skip(
+            "Apache edition: rpm.readings has no continuous aggregates (its rollups are tables "
+            "behind plain views), so the re-chunk writes nothing of TimescaleDB's catalogue"
+        )
+    seed(conn, 1_000)
+    with pytest.raises(RechunkRefusedError, match=r"rpm\.readings_1m\).*superuser"):
+        Rechunker(conn).rechunk("rpm", "readings", chunk_interval="1 day")
+    assert scalar(conn, "SELECT count(*) FROM rpm.rechunk_runs") == 0
+    assert scalar(conn, "SELECT count(*) FROM pg_tables WHERE tablename = 'readings_rc1'") == 0
+
+
 def test_repartition_by_hash_of_device(
     db_url: str,
     conn: psycopg.Connection,
