@@ -26,6 +26,7 @@ from jobs.rechunk.catalog import (
     read_definition,
     refuse_dependents,
     refuse_unwritable_catalogue,
+    views_to_lock,
 )
 from jobs.rechunk.ledger import Ledger
 from jobs.rechunk.locking import Locks
@@ -91,7 +92,10 @@ class Swaps:
         )
         live = identifier(schema, name)
         with conn.transaction():
-            self._locks.lock(live, identifier(schema, incoming(name)))
+            # The views the swap replaces first (readers lock a view before its table); LOCK on
+            # a view also locks what it reads, the live table included.
+            views_first = [identifier(*v) for v in views_to_lock(conn, schema, name)]
+            self._locks.lock(*views_first, live, identifier(schema, incoming(name)))
             # Read again under the lock: what the table going live must look like.
             table = read_definition(conn, schema, name)
             refuse_dependents(conn, table)
