@@ -395,6 +395,11 @@ def test_ingest_during_rechunk_loses_nothing(
     rpmstore(rechunk_url, tmp_path / "finalize.log", "rechunk", "finalize").finish()
     assert scalar(conn, "SELECT count(*) FROM pg_tables WHERE tablename = 'readings_rc1_old'") == 0
     assert scalar(conn, "SELECT count(*) FROM rpm.readings") == expected
+    # The rollups (full edition: continuous aggregates, refreshed by their policies while
+    # ingest ran, moved by the cutover) agree with the raw readings over the refresh window.
+    refreshed(conn)
+    window = refresh_start(DEFAULT_RAW_HORIZON)
+    assert split(rollups(conn), window)[1] == split(raw_oracle(conn), window)[1]
     amcheck(pg_server, debian_root, db_url)
 
 
@@ -846,12 +851,18 @@ def refreshed(conn: psycopg.Connection, raw_horizon: timedelta = DEFAULT_RAW_HOR
         return
     # TimescaleDB's own refresh, as the policies run it (the refresher would first replace the
     # policies, which is not what this test is about).
-    start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - raw_horizon
     for level in LEVELS:
         conn.execute(
             "CALL refresh_continuous_aggregate(%s::regclass, %s::timestamptz, NULL)",
-            (f"rpm.readings_{level}", start + timedelta(days=1)),
+            (f"rpm.readings_{level}", refresh_start(raw_horizon)),
         )
+
+
+def refresh_start(raw_horizon: timedelta) -> datetime:
+    """The first UTC midnight after now() - raw_horizon: the Apache refresher's horizon start,
+    and where :func:`refreshed` starts on the full edition (nothing before it is refreshed)."""
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return midnight - raw_horizon + timedelta(days=1)
 
 
 def test_rollups_and_rolled_up_history_survive_cutover_rollback_and_finalize(
