@@ -500,6 +500,21 @@ def test_new_table_is_a_faithful_copy_and_rollback_restores_the_old(
         "SELECT run_id, state, operator <> '' FROM rpm.rechunk_runs ORDER BY run_id"
     ).fetchall()
     assert states == [(1, "rolled_back", True), (2, "finalized", True)]
+    # Whoever ran it (on the full edition, a superuser), everything it left belongs to the
+    # owner: the table, its chunks, the rollups' views, the run's functions are all gone.
+    foreign = conn.execute(
+        """
+        SELECT c.oid::regclass::text FROM pg_class c
+        WHERE (c.relnamespace = 'rpm'::regnamespace
+               OR c.oid IN (SELECT show_chunks('rpm.readings')))
+          AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
+        UNION ALL
+        SELECT p.oid::regprocedure::text FROM pg_proc p
+        WHERE p.pronamespace = 'rpm'::regnamespace
+          AND p.proowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
+        """
+    ).fetchall()
+    assert foreign == []
 
 
 def test_changes_other_than_inserts_are_refused_during_a_run(
