@@ -178,11 +178,11 @@ def _move_aggregates(
 
     Design (chosen over rebuilding the aggregates on the new table and copying their
     materialized rows, and over rewriting the hypertable in place): an aggregate reaches its
-    raw hypertable in exactly two ways, the oid in its three views and the raw hypertable id in
-    TimescaleDB's catalogue. The views are replaced with their own definitions, which now
-    resolve the live name to the incoming table (as plain views are); the raw-keyed catalogue
-    rows (the aggregate's raw hypertable, the invalidation threshold, unprocessed raw
-    invalidations) and the invalidation trigger move with them. The materialization
+    raw hypertable only through the oid in its three views and the raw hypertable id, in
+    TimescaleDB's catalogue (the aggregate's row, the invalidation threshold, unprocessed raw
+    invalidations) and in the invalidation trigger on the table. The views are replaced with
+    their own definitions, which now resolve the live name to the incoming table (as plain
+    views are); the raw-keyed catalogue rows and the trigger move with them. The materialization
     hypertables, their watermarks, refresh policies and the aggregates built on aggregates are
     not touched: rolled-up history, including buckets whose raw rows retention has dropped, is
     never copied, recomputed or at risk, and the swap stays a catalogue-only transaction of

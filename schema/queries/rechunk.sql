@@ -236,7 +236,10 @@ WHERE t.tgrelid = %(oid)s AND t.tgname = 'ts_cagg_invalidation_trigger';
 -- Re-pointing continuous aggregates writes TimescaleDB's catalogue, which belongs to the
 -- extension's owner (a superuser): TimescaleDB has no public API to move an aggregate to another
 -- hypertable.
+-- (has_table_privilege is true when any of several privileges listed is held: one per call.)
 SELECT bool_and(has_table_privilege(t, 'UPDATE'))
+       AND has_table_privilege('_timescaledb_catalog.continuous_aggs_invalidation_threshold',
+                               'DELETE')
 FROM unnest(ARRAY['_timescaledb_catalog.continuous_agg',
                   '_timescaledb_catalog.continuous_aggs_invalidation_threshold',
                   '_timescaledb_catalog.continuous_aggs_hypertable_invalidation_log']) t;
