@@ -880,6 +880,34 @@ def refresh_start(raw_horizon: timedelta) -> datetime:
     return midnight - raw_horizon + timedelta(days=1)
 
 
+def aggregates_info(conn: psycopg.Connection) -> list[tuple[str, str, str]]:
+    rows = conn.execute(
+        "SELECT hypertable_schema, hypertable_name, view_name "
+        "FROM timescaledb_information.continuous_aggregates ORDER BY view_name"
+    ).fetchall()
+    return [(str(a), str(b), str(c)) for a, b, c in rows]
+
+
+def raw_keyed_catalogue(conn: psycopg.Connection) -> tuple[int | None, int, int]:
+    """What TimescaleDB keys by the raw hypertable rpm.readings is now (full edition): its
+    invalidation threshold, its unprocessed invalidations, and the aggregates reading it."""
+    conn.execute("SET search_path = _timescaledb_catalog")
+    row = conn.execute(
+        """
+        SELECT (SELECT watermark FROM continuous_aggs_invalidation_threshold
+                WHERE hypertable_id = h.id),
+               (SELECT count(*) FROM continuous_aggs_hypertable_invalidation_log
+                WHERE hypertable_id = h.id),
+               (SELECT count(*) FROM continuous_agg WHERE raw_hypertable_id = h.id)
+        FROM hypertable h
+        WHERE h.schema_name = 'rpm' AND h.table_name = 'readings'
+        """
+    ).fetchone()
+    conn.execute("RESET search_path")
+    assert row is not None
+    return (row[0], int(row[1]), int(row[2]))
+
+
 def test_rollups_and_rolled_up_history_survive_cutover_rollback_and_finalize(
     db_url: str,
     conn: psycopg.Connection,
@@ -944,11 +972,20 @@ def test_rollups_and_rolled_up_history_survive_cutover_rollback_and_finalize(
     rechunker.rechunk("rpm", "readings", chunk_interval="1 day")
     ingest_late_and_fresh(db_url, 1)
     before = rollups(conn)
+    raw_keyed = raw_keyed_catalogue(conn) if tsl else None
+    aggregates = aggregates_info(conn)
     Rechunker(rechunk_conn, options=Options(batch_rows=2_000)).rechunk(
         "rpm", "readings", chunk_interval="1 day"
     )
     assert rollups(conn) == before, "the cutover changed what the rollups answer"
     if tsl:
+        # The catalogue statements of the swap: what was keyed by the old table's hypertable
+        # id (the late readings' invalidations among it) is keyed by the new one's, unchanged.
+        assert raw_keyed is not None and raw_keyed[1] > 0
+        assert raw_keyed_catalogue(conn) == raw_keyed
+        # As TimescaleDB's public view shows them: unchanged, the 1-minute one on rpm.readings.
+        assert aggregates_info(conn) == aggregates
+        assert ("rpm", "readings", "readings_1m") in aggregates
         readers = conn.execute(
             "SELECT ca.user_view_name::text, h.schema_name || '.' || h.table_name "
             "FROM _timescaledb_catalog.continuous_agg ca "
