@@ -218,12 +218,6 @@ def continuous_aggregates(conn: psycopg.Connection, table: TableDefinition) -> C
     return ContinuousAggregates(names, views, str(trigger[0]) if trigger else None)
 
 
-def views_to_lock(conn: psycopg.Connection, schema: str, name: str) -> list[tuple[str, str]]:
-    """(schema, name) of the views reading ``schema.name``, to lock before it."""
-    rows = conn.execute(q("views_to_lock"), {"schema": schema, "name": name}).fetchall()
-    return [(str(s), str(n)) for s, n in rows]
-
-
 def hypertable_id(conn: psycopg.Connection, schema: str, name: str) -> int:
     row = conn.execute(q("hypertable"), {"schema": schema, "name": name}).fetchone()
     if row is None:

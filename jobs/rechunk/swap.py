@@ -26,7 +26,6 @@ from jobs.rechunk.catalog import (
     read_definition,
     refuse_dependents,
     refuse_unwritable_catalogue,
-    views_to_lock,
 )
 from jobs.rechunk.ledger import Ledger
 from jobs.rechunk.locking import Locks
@@ -92,10 +91,9 @@ class Swaps:
         )
         live = identifier(schema, name)
         with conn.transaction():
-            # The views the swap replaces first (readers lock a view before its table); LOCK on
-            # a view also locks what it reads, the live table included.
-            views_first = [identifier(*v) for v in views_to_lock(conn, schema, name)]
-            self._locks.lock(*views_first, live, identifier(schema, incoming(name)))
+            self._locks.lock_timeout()
+            _lock_views(conn, schema, name)
+            self._locks.lock(live, identifier(schema, incoming(name)))
             # Read again under the lock: what the table going live must look like.
             table = read_definition(conn, schema, name)
             refuse_dependents(conn, table)
@@ -163,6 +161,19 @@ class Swaps:
             drop_mirror_function(self._conn, schema, function_name, if_exists=function_if_exists)
             self._conn.execute(sql.SQL(q("drop_table")).format(table=dropped))
             self._ledger.set_state(run, state)
+
+
+def _lock_views(conn: psycopg.Connection, schema: str, name: str) -> None:
+    """Before the tables: an exclusive lock on each view the swap will replace, and on nothing
+    else. A query on a view locks the view, then the tables under it; a swap that locked the
+    live table first and then replaced a view would deadlock with a query caught in between
+    (and the deadlock detector would often fail the reader). ``LOCK`` on a view would also lock
+    the tables under it, one view after another, which is the same trap; replacing a view with
+    its own definition, before the renames, locks just the view and changes nothing."""
+    table = read_definition(conn, schema, name)
+    views = dependent_views(conn, table) + list(continuous_aggregates(conn, table).views)
+    for statement in ddl.replace_views(views):
+        conn.execute(statement)
 
 
 def _move_aggregates(

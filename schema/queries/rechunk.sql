@@ -191,20 +191,6 @@ WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = %(oid)s AND v.oid <> 
                   WHERE ca.user_view_schema = vn.nspname AND ca.user_view_name = v.relname)
 ORDER BY 1;
 
--- name: views_to_lock
--- Every view reading the table by oid (plain ones and continuous aggregates' own), which a swap
--- replaces: locked before the tables. A query on a view locks the view before its tables, so a
--- swap locking the table first and then replacing the view could deadlock with a reader.
-SELECT DISTINCT vn.nspname::text, v.relname::text
-FROM pg_class t
-JOIN pg_namespace tn ON tn.oid = t.relnamespace
-JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = t.oid
-JOIN pg_rewrite w ON d.classid = 'pg_rewrite'::regclass AND w.oid = d.objid
-JOIN pg_class v ON v.oid = w.ev_class
-JOIN pg_namespace vn ON vn.oid = v.relnamespace
-WHERE tn.nspname = %(schema)s AND t.relname = %(name)s AND v.relkind = 'v' AND v.oid <> t.oid
-ORDER BY 1, 2;
-
 -- name: continuous_aggregate_views
 -- The continuous aggregates built directly on the table (TSL edition; hierarchical ones are
 -- built on these, not on the table, and need nothing): each one's three views, which reach the

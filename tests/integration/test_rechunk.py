@@ -646,6 +646,25 @@ def test_continuous_aggregates_need_the_catalogue_owner(conn: psycopg.Connection
     assert scalar(conn, "SELECT count(*) FROM pg_tables WHERE tablename = 'readings_rc1'") == 0
 
 
+def test_swaps_never_fail_a_rollup_reader(
+    db_url: str, conn: psycopg.Connection, rechunk_conn: psycopg.Connection
+) -> None:
+    """Cutovers and rollbacks, back to back, while charts read every rollup level (views
+    replaced by each swap; on the full edition, continuous aggregates moved): no read fails."""
+    seed(conn, 3_000)
+    readers = [RollupReader(db_url) for _ in range(3)]
+    for reader in readers:
+        reader.start()
+    rechunker = Rechunker(rechunk_conn, options=Options(batch_rows=1_000))
+    for _ in range(4):
+        rechunker.rechunk("rpm", "readings", chunk_interval="1 day")
+        rechunker.rollback("rpm", "readings")
+    for reader in readers:
+        reader.stop()
+        assert reader.reads > 0
+    assert scalar(conn, "SELECT count(*) FROM rpm.rechunk_runs WHERE state = 'rolled_back'") == 4
+
+
 def test_repartition_by_hash_of_device(
     db_url: str,
     conn: psycopg.Connection,
