@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     instance: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]*$")
     pg_port: int = Field(default=55432, ge=1, le=65535)
     mqtt_port: int = Field(default=51883, ge=1, le=65535)
+    # The embedded broker's TLS listeners (docs/operations/tls.md): passwords over TLS, and
+    # device certificates (mutual TLS). Both on loopback, like every port of the stack.
+    mqtt_tls_port: int = Field(default=58883, ge=1, le=65535)
+    mqtt_mtls_port: int = Field(default=58884, ge=1, le=65535)
+    # Plain mqtt:// is refused to any host but loopback; true only for a network private by
+    # other means (a compose network, a VPN). See ingest/transport.py.
+    mqtt_allow_plaintext: bool = False
     # Which routes `rpmstore serve` mounts: all, device ingest only, or the clinician API only
     # (run ingest and api as separate services so a device flood cannot starve clinicians).
     serve_role: Literal["all", "ingest", "api"] = "all"

@@ -30,7 +30,13 @@ from rpmstore.localstack.model import (
     ServerStatus,
     StackUrls,
 )
-from rpmstore.localstack.mosquitto import GATEWAY_USER, INGEST_USER, MosquittoInstance
+from rpmstore.localstack.mosquitto import (
+    GATEWAY_USER,
+    INGEST_USER,
+    BrokerTls,
+    MosquittoInstance,
+)
+from rpmstore.localstack.pki import LocalCa, ensure_ca
 from rpmstore.localstack.postgres import SUPERUSER, PostgresInstance, new_password
 from rpmstore.settings import Settings
 from schema.registry import broker_device_accounts
@@ -52,6 +58,9 @@ class ChrootState:
     api_password: str = ""
     # Signs and verifies clinician tokens; empty in older state files, filled in by the next up.
     jwt_secret: str = ""
+    # The broker's TLS listeners; 0 in state files written before TLS, filled in by the next up.
+    mqtt_tls_port: int = 0
+    mqtt_mtls_port: int = 0
 
 
 def new_jwt_secret() -> str:
@@ -80,7 +89,41 @@ def postgres_url(
 
 
 def mqtt_url(user: str, password: str, port: int) -> str:
+    """Plain MQTT: the embedded broker offers it on loopback only (ingest/transport.py)."""
     return f"mqtt://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{port}"
+
+
+def mqtts_url(user: str, password: str, port: int, cafile: Path) -> str:
+    """MQTT over TLS to the embedded broker, verified against the stack's own CA."""
+    credentials = f"{quote(user, safe='')}:{quote(password, safe='')}"
+    return f"mqtts://{credentials}@127.0.0.1:{port}?cafile={quote(str(cafile), safe='/')}"
+
+
+def pki_dir(settings: Settings) -> Path:
+    """The stack's CAs, beside its state file; the servers get only their own certificates."""
+    return settings.home / "instances" / f"{settings.instance}.pki"
+
+
+def stack_cas(settings: Settings) -> tuple[LocalCa, LocalCa]:
+    """The server CA (clients trust its ``ca.crt``) and the device CA (mutual TLS), created
+    on first use. Two CAs: a server certificate must never pass as a device identity."""
+    base = pki_dir(settings)
+    server_ca = ensure_ca(base / "ca", f"rpmstore local CA ({settings.instance})")
+    device_ca = ensure_ca(base / "device-ca", f"rpmstore device CA ({settings.instance})")
+    if not device_ca.crl_path.exists():
+        device_ca.write_crl()
+    return server_ca, device_ca
+
+
+def broker_tls(settings: Settings) -> BrokerTls:
+    """A fresh server certificate for the embedded broker (re-issued on every up: cheap, and
+    it never expires under a stack that is brought up now and then)."""
+    server_ca, device_ca = stack_cas(settings)
+    return BrokerTls(
+        server=server_ca.issue_server("rpmstore-mosquitto", ["localhost", "127.0.0.1", "::1"]),
+        device_ca=device_ca.cert_path.read_bytes(),
+        device_crl=device_ca.crl_path.read_bytes(),
+    )
 
 
 def choose_backend(settings: Settings) -> Backend:
@@ -120,20 +163,32 @@ def _chroot_servers(
     root = DebianRoot(Path(state.root))
     return (
         PostgresInstance(root, settings.instance, state.pg_port),
-        MosquittoInstance(root, settings.instance, state.mqtt_port),
+        MosquittoInstance(
+            root,
+            settings.instance,
+            state.mqtt_port,
+            tls_port=state.mqtt_tls_port or None,
+            mtls_port=state.mqtt_mtls_port or None,
+        ),
     )
 
 
-def _chroot_urls(state: ChrootState) -> StackUrls:
+def _chroot_urls(settings: Settings, state: ChrootState) -> StackUrls:
+    cafile = pki_dir(settings) / "ca" / "ca.crt"
+
+    def broker(user: str) -> str:
+        password = state.mqtt_passwords[user]
+        if state.mqtt_tls_port and cafile.exists():
+            return mqtts_url(user, password, state.mqtt_tls_port, cafile)
+        return mqtt_url(user, password, state.mqtt_port)  # a stack not yet up since TLS
+
     return StackUrls(
         database_url=postgres_url(OWNER_ROLE, state.owner_password, state.pg_port, DATABASE),
         admin_database_url=postgres_url(
             SUPERUSER, state.superuser_password, state.pg_port, DATABASE
         ),
-        mqtt_url=mqtt_url(INGEST_USER, state.mqtt_passwords[INGEST_USER], state.mqtt_port),
-        mqtt_gateway_url=mqtt_url(
-            GATEWAY_USER, state.mqtt_passwords[GATEWAY_USER], state.mqtt_port
-        ),
+        mqtt_url=broker(INGEST_USER),
+        mqtt_gateway_url=broker(GATEWAY_USER),
         api_database_url=postgres_url(API_ROLE, state.api_password, state.pg_port, DATABASE)
         if state.api_password
         else None,
@@ -158,13 +213,19 @@ def _chroot_up(settings: Settings) -> StackUrls:
             mqtt_passwords={INGEST_USER: new_password(), GATEWAY_USER: new_password()},
             api_password=new_password(),
             jwt_secret=new_jwt_secret(),
+            mqtt_tls_port=settings.mqtt_tls_port,
+            mqtt_mtls_port=settings.mqtt_mtls_port,
         )
         _save_state(settings, state)
-    elif not (state.api_password and state.jwt_secret):
+    elif not (
+        state.api_password and state.jwt_secret and state.mqtt_tls_port and state.mqtt_mtls_port
+    ):
         state = replace(
             state,
             api_password=state.api_password or new_password(),
             jwt_secret=state.jwt_secret or new_jwt_secret(),
+            mqtt_tls_port=state.mqtt_tls_port or settings.mqtt_tls_port,
+            mqtt_mtls_port=state.mqtt_mtls_port or settings.mqtt_mtls_port,
         )
         _save_state(settings, state)
     postgres, mosquitto = _chroot_servers(settings, state)
@@ -172,11 +233,14 @@ def _chroot_up(settings: Settings) -> StackUrls:
         postgres.initialize(state.superuser_password)
     postgres.start()
     # Provision first: the broker's device accounts are read from the application database.
-    stack_urls = _chroot_urls(state)
+    tls = broker_tls(settings)  # before the URLs: they name the CA file it creates
+    stack_urls = _chroot_urls(settings, state)
     assert stack_urls.admin_database_url is not None
     provision_database(stack_urls.admin_database_url, state.owner_password, state.api_password)
     # Rewritten on every up: cheap, and it picks up a changed shipped broker policy.
-    mosquitto.configure(state.mqtt_passwords, _device_accounts(stack_urls.database_url))
+    mosquitto.configure(state.mqtt_passwords, _device_accounts(stack_urls.database_url), tls)
+    if mosquitto.is_running() and not mosquitto.listens_with_tls():
+        mosquitto.stop()  # started before TLS: a reload (SIGHUP) adds no listener
     mosquitto.start()
     return stack_urls
 
@@ -201,7 +265,7 @@ def sync_broker_devices(settings: Settings) -> int:
     state = _load_state(settings)
     if state is None:
         raise StackNotRunningError("the embedded stack is not set up: run 'rpmstore db up'")
-    accounts = _device_accounts(_chroot_urls(state).database_url)
+    accounts = _device_accounts(_chroot_urls(settings, state).database_url)
     _, mosquitto = _chroot_servers(settings, state)
     mosquitto.set_device_accounts(state.mqtt_passwords, accounts)
     return len(accounts)
@@ -260,7 +324,7 @@ def local_urls(settings: Settings) -> StackUrls | None:
     if choose_backend(settings) == "docker":
         return docker.urls(settings)
     state = _load_state(settings)
-    return _chroot_urls(state) if state is not None else None
+    return _chroot_urls(settings, state) if state is not None else None
 
 
 def urls(settings: Settings) -> StackUrls:

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from api.auth import AuthConfig
+from ingest.transport import parse_broker_url
 from rpmstore.cli import main
 from rpmstore.localstack import stack
 from rpmstore.localstack.debian_root import STATE_DIR_IN_ROOT, DebianRoot
@@ -20,8 +21,9 @@ from rpmstore.localstack.postgres import PostgresInstance
 from rpmstore.settings import Settings
 from schema.migrate import Migrator
 from schema.registry import register_device
-from tests.conftest import Broker, free_port
+from tests.conftest import Broker, TestPki, free_port
 from tests.integration.test_device_broker_accounts import connect_code
+from tests.integration.test_mqtt_tls import mqtt_connect
 
 pytestmark = pytest.mark.slow  # starts and stops whole local stacks
 
@@ -39,6 +41,8 @@ def stack_settings(
         "RPMSTORE_STACK": "chroot",
         "RPMSTORE_PG_PORT": str(free_port()),
         "RPMSTORE_MQTT_PORT": str(free_port()),
+        "RPMSTORE_MQTT_TLS_PORT": str(free_port()),
+        "RPMSTORE_MQTT_MTLS_PORT": str(free_port()),
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
@@ -90,6 +94,30 @@ def test_up_is_idempotent_and_recovers_from_a_crash(
     assert main(["db", "down"]) == 0  # stopping a stopped stack is fine
     assert main(["db", "status"]) == 1
     assert "postgres:    stopped" in capsys.readouterr().out
+
+
+def test_the_stack_makes_its_ca_and_serves_mqtt_over_tls(stack_settings: Settings) -> None:
+    """``db up`` makes the stack's CAs (keys owner-only) and hands out an mqtts:// URL that
+    verifies the broker against them; the TLS listener refuses plain MQTT."""
+    urls = stack.up(stack_settings)
+    endpoint = parse_broker_url(urls.mqtt_url)
+    assert endpoint.tls and endpoint.port == stack_settings.mqtt_tls_port
+    pki = stack.pki_dir(stack_settings)
+    assert endpoint.cafile == str(pki / "ca" / "ca.crt")
+    for key in (pki / "ca" / "ca.key", pki / "device-ca" / "ca.key"):
+        assert key.stat().st_mode & 0o077 == 0
+    assert (pki / "ca").stat().st_mode & 0o077 == 0
+    code = mqtt_connect(
+        endpoint.port,
+        context=endpoint.ssl_context(),
+        username=endpoint.username,
+        password=endpoint.password,
+    )
+    assert code == 0
+    assert mqtt_connect(endpoint.port, context=None) is None
+    ca_before = (pki / "ca" / "ca.crt").read_bytes()
+    assert stack.up(stack_settings) == urls
+    assert (pki / "ca" / "ca.crt").read_bytes() == ca_before  # kept, like the passwords
 
 
 def test_url_prints_what_processes_should_use(
@@ -152,7 +180,10 @@ def test_commands_without_a_stack_say_what_to_do(
 
 
 def test_broker_sync_lets_registered_devices_log_in(
-    stack_settings: Settings, debian_root: DebianRoot, capsys: pytest.CaptureFixture[str]
+    stack_settings: Settings,
+    debian_root: DebianRoot,
+    test_pki: TestPki,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     urls = stack.up(stack_settings)
     with psycopg.connect(urls.database_url, autocommit=True) as conn:
@@ -163,7 +194,9 @@ def test_broker_sync_lets_registered_devices_log_in(
     assert main(["broker", "sync"]) == 0
     assert "1 active devices" in capsys.readouterr().out
     broker = Broker(
-        MosquittoInstance(debian_root, stack_settings.instance, stack_settings.mqtt_port), {}
+        MosquittoInstance(debian_root, stack_settings.instance, stack_settings.mqtt_port),
+        {},
+        test_pki,  # unused: connect_code speaks plain MQTT on loopback
     )
     codes = [connect_code(broker, str(device.device_id), device.token) for _ in range(50)]
     assert any(not code.is_failure for code in codes)
