@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     # Which routes `rpmstore serve` mounts: all, device ingest only, or the clinician API only
     # (run ingest and api as separate services so a device flood cannot starve clinicians).
     serve_role: Literal["all", "ingest", "api"] = "all"
+    # HTTPS for `rpmstore serve` (PEM files; the key readable by the server's user only).
+    # Without them serve listens on loopback only, unless http_allow_plaintext says a
+    # TLS-terminating proxy in front does the encryption (docs/operations/tls.md).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    http_allow_plaintext: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     migrate_lock_timeout_s: float = Field(default=30.0, ge=0)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import psycopg
 
 from api.auth import InsecureAuthConfigError
+from ingest.transport import InsecureTransportError
 from rpmstore.cli import (
     alerts,
     broker,
@@ -43,6 +44,7 @@ _USER_ERRORS = (
     TimescaleMissingError,
     psycopg.OperationalError,
     InsecureAuthConfigError,
+    InsecureTransportError,
 )
 
 
