@@ -37,6 +37,9 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("API_DATABASE_URL", "RPMSTORE_API_DATABASE_URL"),
     )
+    # Accept a DATABASE_URL off loopback without sslmode=verify-full (rpmstore/db_transport.py):
+    # only for a network that is private by other means.
+    database_allow_unverified: bool = False
     # No default on purpose: a secret in the source is a secret everyone has. Unset, the
     # embedded stack's generated one is used (when the database is the stack's too); with
     # neither, `rpmstore serve` refuses to start (rpmstore/endpoints.py: jwt_secret).

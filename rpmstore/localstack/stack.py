@@ -19,6 +19,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from rpmstore.db_transport import check_database_url
 from rpmstore.localstack import docker, provision
 from rpmstore.localstack.debian_root import DebianRoot, ensure_root
 from rpmstore.localstack.errors import StackNotRunningError, StackUnavailableError
@@ -99,6 +100,10 @@ def mqtts_url(user: str, password: str, port: int, cafile: Path) -> str:
     return f"mqtts://{credentials}@127.0.0.1:{port}?cafile={quote(str(cafile), safe='/')}"
 
 
+# The stack's servers listen on loopback; their certificates name it as clients may write it.
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
 def pki_dir(settings: Settings) -> Path:
     """The stack's CAs, beside its state file; the servers get only their own certificates."""
     return settings.home / "instances" / f"{settings.instance}.pki"
@@ -120,7 +125,7 @@ def broker_tls(settings: Settings) -> BrokerTls:
     it never expires under a stack that is brought up now and then)."""
     server_ca, device_ca = stack_cas(settings)
     return BrokerTls(
-        server=server_ca.issue_server("rpmstore-mosquitto", ["localhost", "127.0.0.1", "::1"]),
+        server=server_ca.issue_server("rpmstore-mosquitto", _LOOPBACK_NAMES),
         device_ca=device_ca.cert_path.read_bytes(),
         device_crl=device_ca.crl_path.read_bytes(),
     )
@@ -231,6 +236,8 @@ def _chroot_up(settings: Settings) -> StackUrls:
     postgres, mosquitto = _chroot_servers(settings, state)
     if not postgres.is_initialized():
         postgres.initialize(state.superuser_password)
+    server_ca, _ = stack_cas(settings)
+    postgres.configure_tls(server_ca.issue_server("rpmstore-postgres", _LOOPBACK_NAMES))
     postgres.start()
     # Provision first: the broker's device accounts are read from the application database.
     tls = broker_tls(settings)  # before the URLs: they name the CA file it creates
@@ -330,6 +337,13 @@ def local_urls(settings: Settings) -> StackUrls | None:
 def urls(settings: Settings) -> StackUrls:
     """The URLs processes should use: explicit settings win over the local stack's."""
     local = local_urls(settings)
+    allow = settings.database_allow_unverified
+    for setting, explicit in (
+        ("DATABASE_URL", settings.database_url),
+        ("API_DATABASE_URL", settings.api_database_url),
+    ):
+        if explicit:
+            check_database_url(explicit, allow_unverified=allow, setting=setting)
     database_url = settings.database_url or (local.database_url if local else None)
     broker_url = settings.mqtt_url or (local.mqtt_url if local else None)
     if database_url is None or broker_url is None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from api.auth import AuthConfig
 from ingest.transport import parse_broker_url
@@ -17,6 +18,7 @@ from rpmstore.cli import main
 from rpmstore.localstack import stack
 from rpmstore.localstack.debian_root import STATE_DIR_IN_ROOT, DebianRoot
 from rpmstore.localstack.mosquitto import MosquittoInstance
+from rpmstore.localstack.pki import ensure_ca
 from rpmstore.localstack.postgres import PostgresInstance
 from rpmstore.settings import Settings
 from schema.migrate import Migrator
@@ -98,7 +100,8 @@ def test_up_is_idempotent_and_recovers_from_a_crash(
 
 def test_the_stack_makes_its_ca_and_serves_mqtt_over_tls(stack_settings: Settings) -> None:
     """``db up`` makes the stack's CAs (keys owner-only) and hands out an mqtts:// URL that
-    verifies the broker against them; the TLS listener refuses plain MQTT."""
+    verifies the broker against them; the TLS listener refuses plain MQTT; PostgreSQL
+    serves TLS that sslmode=verify-full accepts with the stack's CA and no other."""
     urls = stack.up(stack_settings)
     endpoint = parse_broker_url(urls.mqtt_url)
     assert endpoint.tls and endpoint.port == stack_settings.mqtt_tls_port
@@ -115,6 +118,21 @@ def test_the_stack_makes_its_ca_and_serves_mqtt_over_tls(stack_settings: Setting
     )
     assert code == 0
     assert mqtt_connect(endpoint.port, context=None) is None
+    # PostgreSQL serves TLS from the same CA: sslmode=verify-full works against the stack.
+    verified = make_conninfo(
+        urls.database_url, sslmode="verify-full", sslrootcert=str(pki / "ca" / "ca.crt")
+    )
+    with psycopg.connect(verified) as conn:
+        row = conn.execute(
+            "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+        ).fetchone()
+    assert row is not None and row[0] is True and row[1] in ("TLSv1.2", "TLSv1.3")
+    stranger = ensure_ca(stack_settings.home / "other-ca", "not the stack's CA")
+    untrusting = make_conninfo(
+        urls.database_url, sslmode="verify-full", sslrootcert=str(stranger.cert_path)
+    )
+    with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+        psycopg.connect(untrusting).close()
     ca_before = (pki / "ca" / "ca.crt").read_bytes()
     assert stack.up(stack_settings) == urls
     assert (pki / "ca" / "ca.crt").read_bytes() == ca_before  # kept, like the passwords
@@ -161,13 +179,18 @@ def test_explicit_urls_point_everything_at_existing_servers(
     stack_settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """With DATABASE_URL and MQTT_URL set, nothing local is started and they are used as given."""
-    monkeypatch.setenv("DATABASE_URL", "postgresql://app@db.internal:5432/rpm")
-    monkeypatch.setenv("MQTT_URL", "mqtt://ingest@broker.internal:1883")
+    database = "postgresql://app@db.internal:5432/rpm?sslmode=verify-full"
+    monkeypatch.setenv("DATABASE_URL", database)
+    monkeypatch.setenv("MQTT_URL", "mqtts://ingest@broker.internal:8883")
     assert stack.choose_backend(Settings()) == "external"
     assert main(["db", "url"]) == 0
     out = capsys.readouterr().out
-    assert "DATABASE_URL='postgresql://app@db.internal:5432/rpm'" in out
-    assert "MQTT_URL='mqtt://ingest@broker.internal:1883'" in out
+    assert f"DATABASE_URL='{database}'" in out
+    assert "MQTT_URL='mqtts://ingest@broker.internal:8883'" in out
+    # Off loopback without verify-full, the database URL is refused (rpmstore/db_transport.py).
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app@db.internal:5432/rpm")
+    assert main(["db", "url"]) == 2
+    assert "sslmode=verify-full" in capsys.readouterr().err
     assert stack.server_status(stack_settings).postgres_running is False
 
 
