@@ -11,10 +11,15 @@ from __future__ import annotations
 import datetime as dt
 import socket
 import ssl
+import threading
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
+from ingest.mqtt import shutdown_client
 from ingest.transport import parse_broker_url
 from rpmstore.localstack.mosquitto import GATEWAY_USER
 from rpmstore.localstack.pki import IssuedCertificate, ensure_ca
@@ -182,3 +187,45 @@ def test_certificate_from_another_ca_is_refused(mqtt_broker: Broker, tmp_path: P
     cert = mqtt_broker.pki.server_ca.issue_client("device-a")
     context = _client_context(mqtt_broker.pki.server_ca.cert_path, cert, tmp_path)
     assert _refusal(mqtt_broker.instance.mtls_port, context)
+
+
+def _publish_reasons(
+    port: int, context: ssl.SSLContext, topics: list[str]
+) -> dict[str, ReasonCode]:
+    """Publish QoS 1 to each topic over mutual TLS with paho (MQTT 5); the PUBACK reasons."""
+    reasons: dict[int, ReasonCode] = {}
+    done = threading.Event()
+    connected = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.tls_set_context(context)
+
+    def on_publish(_c: object, _u: object, mid: int, code: ReasonCode, _p: object) -> None:
+        reasons[mid] = code
+        if len(reasons) == len(topics):
+            done.set()
+
+    client.on_connect = lambda *_args: connected.set()
+    client.on_publish = on_publish
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        assert connected.wait(_SAFETY_TIMEOUT_S), "no CONNACK"
+        mids = {client.publish(topic, b"{}", qos=1).mid: topic for topic in topics}
+        assert done.wait(_SAFETY_TIMEOUT_S), "no PUBACK"
+    finally:
+        shutdown_client(client)
+    return {mids[mid]: code for mid, code in reasons.items()}
+
+
+def test_a_device_certificate_publishes_as_its_device_only(
+    mqtt_broker: Broker, tmp_path: Path
+) -> None:
+    """The certificate's name is the username the ACL's %u pattern checks: device-a may
+    write its own readings topic and not device-b's."""
+    assert mqtt_broker.instance.mtls_port is not None
+    cert = mqtt_broker.pki.device_ca.issue_client("device-a")
+    context = _client_context(mqtt_broker.pki.server_ca.cert_path, cert, tmp_path)
+    own, other = "rpm/v1/devices/device-a/readings", "rpm/v1/devices/device-b/readings"
+    reasons = _publish_reasons(mqtt_broker.instance.mtls_port, context, [own, other])
+    assert not reasons[own].is_failure
+    assert reasons[other].is_failure and reasons[other].getName() == "Not authorized"
