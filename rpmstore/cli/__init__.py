@@ -28,7 +28,11 @@ from rpmstore.cli import (
 )
 from rpmstore.cli.common import Handler, fail
 from rpmstore.cli.serve import token_signer
-from rpmstore.localstack.errors import StackNotRunningError, StackUnavailableError
+from rpmstore.localstack.errors import (
+    DeviceCertificateError,
+    StackNotRunningError,
+    StackUnavailableError,
+)
 from rpmstore.logs import configure_logging
 from rpmstore.settings import Settings
 from schema.edition import TimescaleMissingError
@@ -45,6 +49,7 @@ _USER_ERRORS = (
     psycopg.OperationalError,
     InsecureAuthConfigError,
     InsecureTransportError,
+    DeviceCertificateError,
 )
 
 

@@ -107,6 +107,14 @@ class MosquittoInstance:
         for file_name, content in files.items():
             self._write_private(file_name, content, account.uid, account.gid)
 
+    def install_device_crl(self, crl_pem: bytes) -> None:
+        """Replace the device CRL; a running broker reloads it (and its certificates) on SIGHUP."""
+        account = self.root.account("mosquitto")
+        self._write_private("device-ca.crl", crl_pem, account.uid, account.gid)
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGHUP)
+
     def _tls_listeners(self) -> str:
         if self.tls_port is None or self.mtls_port is None:
             raise ValueError("a broker with TLS needs tls_port and mtls_port")

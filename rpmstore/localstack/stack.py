@@ -11,18 +11,25 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
+from cryptography import x509
 from psycopg.conninfo import make_conninfo
 
 from rpmstore.db_transport import check_database_url
 from rpmstore.localstack import docker, provision
 from rpmstore.localstack.debian_root import DebianRoot, ensure_root
-from rpmstore.localstack.errors import StackNotRunningError, StackUnavailableError
+from rpmstore.localstack.errors import (
+    DeviceCertificateError,
+    StackNotRunningError,
+    StackUnavailableError,
+)
 from rpmstore.localstack.model import (
     API_ROLE,
     DATABASE,
@@ -118,6 +125,51 @@ def stack_cas(settings: Settings) -> tuple[LocalCa, LocalCa]:
     if not device_ca.crl_path.exists():
         device_ca.write_crl()
     return server_ca, device_ca
+
+
+# A device certificate's common name is its broker username, substituted for %u in the ACL:
+# nothing that could widen a topic (/, +, #) or confuse a log line.
+_DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_REVOKED = "revoked.txt"
+
+
+def issue_device_certificate(settings: Settings, device_id: str, out_dir: Path, days: int) -> Path:
+    """Issue a device certificate from the stack's device CA into ``out_dir``: ``<id>.crt``,
+    ``<id>.key`` (0600) and the server CA's ``ca.crt`` the device verifies the broker with."""
+    if not _DEVICE_NAME.match(device_id):
+        raise DeviceCertificateError(f"{device_id!r} is not a device id (letters, digits, . _ -)")
+    server_ca, device_ca = stack_cas(settings)
+    now = datetime.now(UTC)
+    issued = device_ca.issue_client(
+        device_id, not_before=now - timedelta(minutes=5), not_after=now + timedelta(days=days)
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cert_path = out_dir / f"{device_id}.crt"
+    issued.write(cert_path, out_dir / f"{device_id}.key")
+    (out_dir / "ca.crt").write_bytes(server_ca.cert_path.read_bytes())
+    return cert_path
+
+
+def revoke_device_certificate(settings: Settings, cert_file: Path) -> int:
+    """Add a device certificate to the device CA's CRL and make a running embedded broker
+    reload it (SIGHUP); returns its serial. Serials are kept, so the CRL only grows."""
+    _, device_ca = stack_cas(settings)
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    if cert.issuer != device_ca.cert.subject:
+        raise DeviceCertificateError(f"{cert_file} was not issued by this stack's device CA")
+    revoked_file = device_ca.directory / _REVOKED
+    serials = (
+        {int(line) for line in revoked_file.read_text().split()} if revoked_file.exists() else set()
+    )
+    serials.add(cert.serial_number)
+    revoked_file.write_text("".join(f"{serial}\n" for serial in sorted(serials)))
+    device_ca.write_crl(sorted(serials))
+    state = _load_state(settings)
+    if state is not None and choose_backend(settings) == "chroot":
+        _, mosquitto = _chroot_servers(settings, state)
+        if mosquitto.is_configured():
+            mosquitto.install_device_crl(device_ca.crl_path.read_bytes())
+    return cert.serial_number
 
 
 def broker_tls(settings: Settings) -> BrokerTls:

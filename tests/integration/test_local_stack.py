@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,6 +137,35 @@ def test_the_stack_makes_its_ca_and_serves_mqtt_over_tls(stack_settings: Setting
     ca_before = (pki / "ca" / "ca.crt").read_bytes()
     assert stack.up(stack_settings) == urls
     assert (pki / "ca" / "ca.crt").read_bytes() == ca_before  # kept, like the passwords
+
+
+def test_device_certificates_are_issued_and_revoked(
+    stack_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``broker cert`` issues a device certificate the mutual-TLS listener accepts;
+    ``broker revoke`` puts it on the CRL, and the broker refuses it from then on."""
+    stack.up(stack_settings)
+    out = tmp_path / "device"
+    assert main(["broker", "cert", "device-7", "--out", str(out)]) == 0
+    assert (out / "device-7.key").stat().st_mode & 0o077 == 0
+
+    def connect() -> int | str | None:
+        context = ssl.create_default_context(cafile=str(out / "ca.crt"))
+        context.load_cert_chain(out / "device-7.crt", out / "device-7.key")
+        try:
+            return mqtt_connect(stack_settings.mqtt_mtls_port, context=context)
+        except ssl.SSLError as error:
+            return str(error)
+
+    assert connect() == 0
+    assert main(["broker", "revoke", str(out / "device-7.crt")]) == 0
+    # The CLI made the running broker reload its CRL (SIGHUP); a restart reads it for sure,
+    # so the assertion does not depend on how soon the reload lands.
+    assert main(["db", "down"]) == 0
+    stack.up(stack_settings)
+    assert connect() != 0
+    assert main(["broker", "cert", "a/b", "--out", str(out)]) == 2  # never widens a topic
+    assert "not a device id" in capsys.readouterr().err
 
 
 def test_url_prints_what_processes_should_use(
