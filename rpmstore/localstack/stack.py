@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import psycopg
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from psycopg.conninfo import make_conninfo
 
 from rpmstore.db_transport import check_database_url
@@ -122,8 +123,9 @@ def stack_cas(settings: Settings) -> tuple[LocalCa, LocalCa]:
     base = pki_dir(settings)
     server_ca = ensure_ca(base / "ca", f"rpmstore local CA ({settings.instance})")
     device_ca = ensure_ca(base / "device-ca", f"rpmstore device CA ({settings.instance})")
-    if not device_ca.crl_path.exists():
-        device_ca.write_crl()
+    # Re-signed on every use from the kept serials: a CRL past its next update makes OpenSSL
+    # refuse every device certificate, and a stack may stay unused for longer than that.
+    device_ca.write_crl(_revoked_serials(device_ca))
     return server_ca, device_ca
 
 
@@ -131,6 +133,13 @@ def stack_cas(settings: Settings) -> tuple[LocalCa, LocalCa]:
 # nothing that could widen a topic (/, +, #) or confuse a log line.
 _DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _REVOKED = "revoked.txt"
+
+
+def _revoked_serials(device_ca: LocalCa) -> list[int]:
+    revoked_file = device_ca.directory / _REVOKED
+    if not revoked_file.exists():
+        return []
+    return sorted({int(line) for line in revoked_file.read_text().split()})
 
 
 def issue_device_certificate(settings: Settings, device_id: str, out_dir: Path, days: int) -> Path:
@@ -155,15 +164,15 @@ def revoke_device_certificate(settings: Settings, cert_file: Path) -> int:
     reload it (SIGHUP); returns its serial. Serials are kept, so the CRL only grows."""
     _, device_ca = stack_cas(settings)
     cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
-    if cert.issuer != device_ca.cert.subject:
-        raise DeviceCertificateError(f"{cert_file} was not issued by this stack's device CA")
-    revoked_file = device_ca.directory / _REVOKED
-    serials = (
-        {int(line) for line in revoked_file.read_text().split()} if revoked_file.exists() else set()
-    )
-    serials.add(cert.serial_number)
-    revoked_file.write_text("".join(f"{serial}\n" for serial in sorted(serials)))
-    device_ca.write_crl(sorted(serials))
+    try:
+        cert.verify_directly_issued_by(device_ca.cert)  # the signature, not just the name
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise DeviceCertificateError(
+            f"{cert_file} was not issued by this stack's device CA"
+        ) from exc
+    serials = sorted({*_revoked_serials(device_ca), cert.serial_number})
+    (device_ca.directory / _REVOKED).write_text("".join(f"{serial}\n" for serial in serials))
+    device_ca.write_crl(serials)
     state = _load_state(settings)
     if state is not None and choose_backend(settings) == "chroot":
         _, mosquitto = _chroot_servers(settings, state)

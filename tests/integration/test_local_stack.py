@@ -166,6 +166,10 @@ def test_device_certificates_are_issued_and_revoked(
     assert connect() != 0
     assert main(["broker", "cert", "a/b", "--out", str(out)]) == 2  # never widens a topic
     assert "not a device id" in capsys.readouterr().err
+    stranger = ensure_ca(tmp_path / "other-ca", "rpmstore device CA (same name, other key)")
+    stranger.issue_client("device-7").write(tmp_path / "other.crt", tmp_path / "other.key")
+    assert main(["broker", "revoke", str(tmp_path / "other.crt")]) == 2
+    assert "not issued by this stack's device CA" in capsys.readouterr().err
 
 
 def test_url_prints_what_processes_should_use(
