@@ -25,7 +25,6 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -36,6 +35,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from ingest.committer import BufferFullError, DatabaseUnavailableError
 from ingest.runtime import IngestRuntime
 from ingest.service import PayloadRejectedError
+from ingest.transport import parse_broker_url
 from schema.errors import ErrorKind, classify, sqlstate
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def subscription_filter(group: str) -> str:
 
 @dataclass(frozen=True)
 class MqttOptions:
-    url: str  # mqtt://user:password@host:port
+    url: str  # mqtts://user:password@host:port?cafile=... (ingest/transport.py)
     client_id: str  # stable across restarts: it names the persistent session
     group: str = "rpmstore-ingest"
     session_expiry_s: int = 7 * 24 * 3600
@@ -86,6 +86,8 @@ class MqttOptions:
     # from filling (a full buffer would make every waiting message decode again on retry).
     max_concurrent_messages: int = 64
     keepalive_s: int = 30
+    # Plain mqtt:// to a host other than loopback (RPMSTORE_MQTT_ALLOW_PLAINTEXT).
+    allow_plaintext: bool = False
 
 
 class MqttRetireError(RuntimeError):
@@ -120,6 +122,8 @@ class MqttIngestor:
     def __init__(self, runtime: IngestRuntime, options: MqttOptions) -> None:
         self._runtime = runtime
         self._options = options
+        # Parsed here so that an insecure or malformed URL fails before anything starts.
+        self._endpoint = parse_broker_url(options.url, allow_plaintext=options.allow_plaintext)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: mqtt.Client | None = None
         self._generation = 0
@@ -160,10 +164,9 @@ class MqttIngestor:
         self._loop = asyncio.get_running_loop()
         client = self._make_client()
         self._client = client
-        parts = urlsplit(self._options.url)
         client.connect_async(
-            parts.hostname or "127.0.0.1",
-            parts.port or 1883,
+            self._endpoint.host,
+            self._endpoint.port,
             keepalive=self._options.keepalive_s,
             clean_start=False,
             properties=self._connect_properties(),
@@ -223,15 +226,13 @@ class MqttIngestor:
         return self._drained and self._ignored == 0
 
     def _make_client(self) -> mqtt.Client:
-        parts = urlsplit(self._options.url)
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self._options.client_id,
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
-        if parts.username:
-            client.username_pw_set(unquote(parts.username), unquote(parts.password or ""))
+        self._endpoint.apply(client)
         client.reconnect_delay_set(min_delay=1, max_delay=10)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

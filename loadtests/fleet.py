@@ -27,6 +27,9 @@ class Fleet:
     mqtt_port: int
     shares: Shares
     payloads_per_s: float
+    # Devices connect over TLS as the stack's URL does, trusting this CA (None: plain MQTT).
+    mqtt_tls: bool = False
+    mqtt_cafile: str | None = None
 
     def save(self, path: Path) -> None:
         # Written by this run's runner, read by its own Locust process (trusted, short-lived).

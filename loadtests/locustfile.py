@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import ssl
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -146,6 +147,8 @@ class DeviceOverMqtt(User):
             client_id=f"loadtest-{self.device.device_id}",
             protocol=mqtt.MQTTv5,
         )
+        if fleet.mqtt_tls:  # as real devices would, with the broker's certificate verified
+            self.client.tls_set_context(ssl.create_default_context(cafile=fleet.mqtt_cafile))
         # Devices log in as themselves (rpmstore broker sync installed their accounts).
         self.client.username_pw_set(str(self.device.device_id), self.device.token)
         self.client.on_connect = lambda *_args: self.connected.set()

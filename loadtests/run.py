@@ -36,13 +36,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import httpx2
 import numpy as np
 import psutil
 import psycopg
 
+from ingest.transport import parse_broker_url
 from loadtests.fleet import Fleet, split_devices
 from rpmstore.cli import token_signer
 from rpmstore.clinician_demo import create_care_team
@@ -306,15 +306,17 @@ def run(args: argparse.Namespace) -> int:
     devices = stack.sync_broker_devices(settings)  # what `rpmstore broker sync` does
     log.info("broker accounts synced", extra={"devices": devices})
     http_fleet, mqtt_fleet = split_devices(ward, http_devices, mqtt_devices)
-    broker = urlsplit(urls.mqtt_url)
+    broker = parse_broker_url(urls.mqtt_url, allow_plaintext=settings.mqtt_allow_plaintext)
     fleet = Fleet(
         ward,
         http_fleet,
         mqtt_fleet,
-        broker.hostname or "127.0.0.1",
-        broker.port or 1883,
+        broker.host,
+        broker.port,
         Shares(retry=config["traffic"]["retry_share"], late=config["traffic"]["late_share"], bad=0),
         rate,
+        mqtt_tls=broker.tls,
+        mqtt_cafile=broker.cafile,
     )
     fleet_path = out / "fleet.pickle"
     fleet.save(fleet_path)

@@ -7,6 +7,7 @@ it is imported only when a URL is missing, which is the developer's ``rpmstore d
 
 from __future__ import annotations
 
+from rpmstore.db_transport import check_database_url
 from rpmstore.localstack.errors import StackNotRunningError
 from rpmstore.localstack.model import StackUrls
 from rpmstore.settings import Settings
@@ -21,7 +22,9 @@ def _local(settings: Settings) -> StackUrls | None:
 def database_url(settings: Settings) -> str:
     """The owner role's URL: ``DATABASE_URL``, else the local stack's."""
     if settings.database_url:
-        return settings.database_url
+        return check_database_url(
+            settings.database_url, allow_unverified=settings.database_allow_unverified
+        )
     local = _local(settings)
     if local is None:
         raise StackNotRunningError(
@@ -34,7 +37,11 @@ def database_url(settings: Settings) -> str:
 def api_database_url(settings: Settings) -> str | None:
     """The clinician API's URL (role rpmstore_api): ``API_DATABASE_URL``, else the local stack's."""
     if settings.api_database_url:
-        return settings.api_database_url
+        return check_database_url(
+            settings.api_database_url,
+            allow_unverified=settings.database_allow_unverified,
+            setting="API_DATABASE_URL",
+        )
     local = _local(settings)
     return local.api_database_url if local else None
 

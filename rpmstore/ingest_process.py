@@ -38,6 +38,7 @@ async def _main(settings: Settings, *, database_url: str, mqtt_url: str, retire:
         url=mqtt_url,
         client_id=settings.mqtt_client_id or f"rpmstore-ingest-{socket.gethostname()}",
         group=settings.mqtt_group,
+        allow_plaintext=settings.mqtt_allow_plaintext,
     )
     alerting = AlertingOptions(
         enabled=settings.alerts_inline,

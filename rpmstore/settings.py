@@ -37,6 +37,9 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("API_DATABASE_URL", "RPMSTORE_API_DATABASE_URL"),
     )
+    # Accept a DATABASE_URL off loopback without sslmode=verify-full (rpmstore/db_transport.py):
+    # only for a network that is private by other means.
+    database_allow_unverified: bool = False
     # No default on purpose: a secret in the source is a secret everyone has. Unset, the
     # embedded stack's generated one is used (when the database is the stack's too); with
     # neither, `rpmstore serve` refuses to start (rpmstore/endpoints.py: jwt_secret).
@@ -52,9 +55,22 @@ class Settings(BaseSettings):
     instance: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]*$")
     pg_port: int = Field(default=55432, ge=1, le=65535)
     mqtt_port: int = Field(default=51883, ge=1, le=65535)
+    # The embedded broker's TLS listeners (docs/operations/tls.md): passwords over TLS, and
+    # device certificates (mutual TLS). Both on loopback, like every port of the stack.
+    mqtt_tls_port: int = Field(default=58883, ge=1, le=65535)
+    mqtt_mtls_port: int = Field(default=58884, ge=1, le=65535)
+    # Plain mqtt:// is refused to any host but loopback; true only for a network private by
+    # other means (a compose network, a VPN). See ingest/transport.py.
+    mqtt_allow_plaintext: bool = False
     # Which routes `rpmstore serve` mounts: all, device ingest only, or the clinician API only
     # (run ingest and api as separate services so a device flood cannot starve clinicians).
     serve_role: Literal["all", "ingest", "api"] = "all"
+    # HTTPS for `rpmstore serve` (PEM files; the key readable by the server's user only).
+    # Without them serve listens on loopback only, unless http_allow_plaintext says a
+    # TLS-terminating proxy in front does the encryption (docs/operations/tls.md).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    http_allow_plaintext: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     migrate_lock_timeout_s: float = Field(default=30.0, ge=0)

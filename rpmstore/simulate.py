@@ -68,6 +68,7 @@ class Endpoints:
     database_url: str
     api_url: str = DEFAULT_API_URL
     mqtt_url: str | None = None  # an account that may publish for every device (the gateway)
+    mqtt_allow_plaintext: bool = False  # plain mqtt:// off loopback (ingest/transport.py)
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,7 @@ def _sender(config: SimulationConfig, endpoints: Endpoints) -> HttpSender | Mqtt
         return HttpSender(endpoints.api_url, concurrency=config.concurrency)
     if endpoints.mqtt_url is None:
         raise ValueError("an MQTT URL of an account that may publish for every device is needed")
-    return MqttSender(endpoints.mqtt_url)
+    return MqttSender(endpoints.mqtt_url, allow_plaintext=endpoints.mqtt_allow_plaintext)
 
 
 async def _send(

@@ -16,7 +16,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Protocol
-from urllib.parse import unquote, urlsplit
 
 import httpx2
 import paho.mqtt.client as mqtt
@@ -24,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ingest.mqtt import shutdown_client
+from ingest.transport import parse_broker_url
 from rpmstore.simulate_ward import PlannedPayload
 
 log = logging.getLogger(__name__)
@@ -216,10 +216,12 @@ class MqttSender:
     per-message info objects, because message ids wrap around at 65,535.
     """
 
-    def __init__(self, url: str, *, max_inflight: int = 1000) -> None:
+    def __init__(
+        self, url: str, *, max_inflight: int = 1000, allow_plaintext: bool = False
+    ) -> None:
         self.delivery = Delivery()
-        parts = urlsplit(url)
-        self._address = (parts.hostname or "127.0.0.1", parts.port or 1883)
+        endpoint = parse_broker_url(url, allow_plaintext=allow_plaintext)
+        self._address = (endpoint.host, endpoint.port)
         self._connected = threading.Event()
         self._refusal: str | None = None  # the broker's reason when it refused the connection
         self._reconnects = 0
@@ -231,8 +233,7 @@ class MqttSender:
             client_id=f"rpmstore-simulator-{uuid.uuid4().hex[:8]}",
             protocol=mqtt.MQTTv5,
         )
-        if parts.username:
-            self._client.username_pw_set(unquote(parts.username), unquote(parts.password or ""))
+        endpoint.apply(self._client)  # TLS verified against the URL's CA, and credentials
         self._client.max_inflight_messages_set(max_inflight)
         self._client.max_queued_messages_set(0)  # 0: unbounded; pacing is the caller's
         self._client.on_connect = self._on_connect

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
-from urllib.parse import unquote, urlsplit
 
 import httpx2
 import paho.mqtt.client as mqtt
@@ -34,6 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ingest.mqtt import shutdown_client
+from ingest.transport import parse_broker_url
 from rpmstore.clinician_demo import TokenSigner, print_clinician_view
 from rpmstore.localstack.model import StackUrls
 from rpmstore.simulate import (
@@ -171,18 +171,18 @@ def forget_session(mqtt_url: str, client_id: str) -> None:
     by the demo, that session would silently hold half of every later stream until the next
     demo. Connecting with its client id, a clean start and no session expiry ends it.
     """
-    parts = urlsplit(mqtt_url)
+    # The URL is the ingestor's own, already accepted by it: no second plaintext policy here.
+    endpoint = parse_broker_url(mqtt_url, allow_plaintext=True)
     connected = threading.Event()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    if parts.username:
-        client.username_pw_set(unquote(parts.username), unquote(parts.password or ""))
+    endpoint.apply(client)
     client.on_connect = lambda *_args: connected.set()
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: untyped
     properties.SessionExpiryInterval = 0
     try:
         client.connect(
-            parts.hostname or "127.0.0.1",
-            parts.port or 1883,
+            endpoint.host,
+            endpoint.port,
             clean_start=True,
             properties=properties,
         )

@@ -5,7 +5,9 @@ otherwise the suite starts its own TimescaleDB cluster from the cached Debian ro
 port and deletes it afterwards. Each test gets a fresh database cloned from a template that was
 migrated once (``CREATE DATABASE ... TEMPLATE``), so tests never share data or clean up by DELETE.
 
-Mosquitto: the suite starts its own broker on a free port with the shipped policy.
+Mosquitto: the suite starts its own broker with the shipped policy, on free ports: plain MQTT
+(loopback), MQTT over TLS and mutual TLS, with certificates from a CA made for the session
+(``rpmstore.localstack.pki``), so TLS is tested with real handshakes.
 
 Clinician tokens: the suite is a deployment with its own JWT secret (``TEST_JWT_SECRET``, new
 every run), set as ``RPMSTORE_JWT_SECRET`` for the whole session so that every ``rpmstore``
@@ -33,9 +35,15 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from rpmstore.localstack import provision
 from rpmstore.localstack.debian_root import STATE_DIR_IN_ROOT, DebianRoot, ensure_root
 from rpmstore.localstack.model import API_ROLE
-from rpmstore.localstack.mosquitto import GATEWAY_USER, INGEST_USER, MosquittoInstance
+from rpmstore.localstack.mosquitto import (
+    GATEWAY_USER,
+    INGEST_USER,
+    BrokerTls,
+    MosquittoInstance,
+)
+from rpmstore.localstack.pki import IssuedCertificate, LocalCa, ensure_ca
 from rpmstore.localstack.postgres import SUPERUSER, PostgresInstance, new_password
-from rpmstore.localstack.stack import mqtt_url, postgres_url
+from rpmstore.localstack.stack import mqtt_url, mqtts_url, postgres_url
 from rpmstore.settings import Settings
 from schema.migrate import Migrator
 from tests.apphelpers import TEST_JWT_SECRET
@@ -247,16 +255,46 @@ def conn(db_url: str) -> Iterator[psycopg.Connection]:
 
 
 @dataclass(frozen=True)
+class TestPki:
+    """The session's CAs: ``server_ca`` signs the servers' certificates (clients trust its
+    ``ca.crt``), ``device_ca`` the devices' (mutual TLS)."""
+
+    __test__ = False  # not a test class, whatever pytest makes of its name
+
+    server_ca: LocalCa
+    device_ca: LocalCa
+    # Issued to "device-revoked" and listed in the device CA's CRL before the broker starts.
+    revoked_device: IssuedCertificate
+
+
+@pytest.fixture(scope="session")
+def test_pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    base = tmp_path_factory.mktemp("pki")
+    device_ca = ensure_ca(base / "device-ca", "rpmstore test device CA")
+    revoked = device_ca.issue_client("device-revoked")
+    device_ca.write_crl([revoked.serial])
+    return TestPki(ensure_ca(base / "ca", "rpmstore test CA"), device_ca, revoked)
+
+
+@dataclass(frozen=True)
 class Broker:
     instance: MosquittoInstance
     passwords: dict[str, str]
+    pki: TestPki
 
     def url(self, user: str) -> str:
+        """MQTT over TLS, verified against the session CA: how rpmstore connects."""
+        assert self.instance.tls_port is not None
+        return mqtts_url(
+            user, self.passwords[user], self.instance.tls_port, self.pki.server_ca.cert_path
+        )
+
+    def plain_url(self, user: str) -> str:
         return mqtt_url(user, self.passwords[user], self.instance.port)
 
 
 @pytest.fixture(scope="session")
-def mqtt_broker(debian_root: DebianRoot) -> Iterator[Broker]:
+def mqtt_broker(debian_root: DebianRoot, test_pki: TestPki) -> Iterator[Broker]:
     """A Mosquitto broker with the shipped ACL and limits, plus two device accounts."""
     passwords = {
         INGEST_USER: new_password(),
@@ -264,10 +302,21 @@ def mqtt_broker(debian_root: DebianRoot) -> Iterator[Broker]:
         "device-a": secrets.token_urlsafe(16),
         "device-b": secrets.token_urlsafe(16),
     }
-    instance = MosquittoInstance(debian_root, f"pytest-{os.getpid()}", free_port())
-    instance.configure(passwords)
+    instance = MosquittoInstance(
+        debian_root,
+        f"pytest-{os.getpid()}",
+        free_port(),
+        tls_port=free_port(),
+        mtls_port=free_port(),
+    )
+    tls = BrokerTls(
+        server=test_pki.server_ca.issue_server("mosquitto", ["localhost", "127.0.0.1"]),
+        device_ca=test_pki.device_ca.cert_path.read_bytes(),
+        device_crl=test_pki.device_ca.crl_path.read_bytes(),
+    )
+    instance.configure(passwords, tls=tls)
     instance.start()
     try:
-        yield Broker(instance, passwords)
+        yield Broker(instance, passwords, test_pki)
     finally:
         instance.destroy()

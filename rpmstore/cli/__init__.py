@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import psycopg
 
 from api.auth import InsecureAuthConfigError
+from ingest.transport import InsecureTransportError
 from rpmstore.cli import (
     alerts,
     broker,
@@ -27,7 +28,11 @@ from rpmstore.cli import (
 )
 from rpmstore.cli.common import Handler, fail
 from rpmstore.cli.serve import token_signer
-from rpmstore.localstack.errors import StackNotRunningError, StackUnavailableError
+from rpmstore.localstack.errors import (
+    DeviceCertificateError,
+    StackNotRunningError,
+    StackUnavailableError,
+)
 from rpmstore.logs import configure_logging
 from rpmstore.settings import Settings
 from schema.edition import TimescaleMissingError
@@ -43,6 +48,8 @@ _USER_ERRORS = (
     TimescaleMissingError,
     psycopg.OperationalError,
     InsecureAuthConfigError,
+    InsecureTransportError,
+    DeviceCertificateError,
 )
 
 

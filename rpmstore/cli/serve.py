@@ -7,9 +7,36 @@ import os
 import uuid
 
 from api.auth import InsecureAuthConfigError
+from ingest.transport import InsecureTransportError, is_loopback
 from rpmstore.cli.common import Subcommands, say
 from rpmstore.clinician_demo import TokenSigner
 from rpmstore.settings import Settings
+
+
+def https_files(settings: Settings, host: str) -> tuple[str, str] | tuple[None, None]:
+    """The HTTPS certificate and key for uvicorn; (None, None): plain HTTP, refused off
+    loopback.
+
+    Device tokens, clinician tokens and readings cross this port: in the clear only on this
+    machine, or behind a proxy that terminates TLS (``RPMSTORE_HTTP_ALLOW_PLAINTEXT``).
+    """
+    cert, key = settings.tls_cert_file, settings.tls_key_file
+    if (cert is None) != (key is None):
+        raise InsecureTransportError(
+            "RPMSTORE_TLS_CERT_FILE and RPMSTORE_TLS_KEY_FILE go together: set both or neither"
+        )
+    if cert is not None and key is not None:
+        for path in (cert, key):
+            if not path.is_file():
+                raise InsecureTransportError(f"{path}: no such file (HTTPS certificate or key)")
+        return str(cert), str(key)
+    if not is_loopback(host) and not settings.http_allow_plaintext:
+        raise InsecureTransportError(
+            f"serve --host {host} without TLS would carry tokens and readings in the clear: "
+            "set RPMSTORE_TLS_CERT_FILE and RPMSTORE_TLS_KEY_FILE, or, behind a proxy that "
+            "terminates TLS, RPMSTORE_HTTP_ALLOW_PLAINTEXT=true (docs/operations/tls.md)"
+        )
+    return None, None
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -23,6 +50,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         # Separate processes (one group committer each) use more than one core for decoding
         # and validation; they find the database the same way this process does.
         app_settings(settings, role)  # fail here, once, if there is no database or no safe auth
+        certfile, keyfile = https_files(settings, args.host)
         # The workers read their settings from the environment they inherit.
         os.environ["RPMSTORE_SERVE_ROLE"] = role
         uvicorn.run(
@@ -33,10 +61,21 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             port=args.port,
             log_config=None,
             access_log=False,
+            ssl_certfile=certfile,
+            ssl_keyfile=keyfile,
         )
         return 0
     app = create_app(**app_settings(settings, role))
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+    certfile, keyfile = https_files(settings, args.host)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
+    )
     return 0
 
 

@@ -58,7 +58,12 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         wait_s=args.wait,
     )
-    targets = Endpoints(urls.database_url, api_url=args.api_url, mqtt_url=mqtt_url)
+    targets = Endpoints(
+        urls.database_url,
+        api_url=args.api_url,
+        mqtt_url=mqtt_url,
+        mqtt_allow_plaintext=settings.mqtt_allow_plaintext,
+    )
     try:
         report = run_simulation(config, targets)
     except SendError as exc:

@@ -7,3 +7,7 @@ class StackUnavailableError(RuntimeError):
 
 class StackNotRunningError(RuntimeError):
     """A command needs the local stack but it is not up (and no external server is configured)."""
+
+
+class DeviceCertificateError(ValueError):
+    """A device certificate that cannot be issued or revoked as asked."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rpmstore.localstack.debian_root import STATE_DIR_IN_ROOT, DebianRoot
 from rpmstore.localstack.errors import StackUnavailableError
+from rpmstore.localstack.pki import IssuedCertificate
 from schema.credentials import mosquitto_password_hash
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,29 @@ def _shipped_policy(name: str) -> str:
 
 
 @dataclass(frozen=True)
+class BrokerTls:
+    """What the broker's TLS listeners present and check, all PEM.
+
+    ``server``: the certificate devices verify against the CA they were given. ``device_ca``
+    and ``device_crl``: who may log in with a certificate instead of a password (mutual TLS),
+    and which of those certificates are revoked.
+    """
+
+    server: IssuedCertificate
+    device_ca: bytes
+    device_crl: bytes
+
+
+@dataclass(frozen=True)
 class MosquittoInstance:
+    """A broker on loopback: plain MQTT on ``port``; with TLS (``configure(tls=...)``), MQTT
+    over TLS with passwords on ``tls_port`` and with device certificates on ``mtls_port``."""
+
     root: DebianRoot
     name: str
     port: int
+    tls_port: int | None = None
+    mtls_port: int | None = None
 
     @property
     def _dir(self) -> str:
@@ -46,9 +66,12 @@ class MosquittoInstance:
         return self.root.host_path(f"{self._dir}/mosquitto.log")
 
     def configure(
-        self, passwords: dict[str, str], device_accounts: Sequence[tuple[str, str]] = ()
+        self,
+        passwords: dict[str, str],
+        device_accounts: Sequence[tuple[str, str]] = (),
+        tls: BrokerTls | None = None,
     ) -> None:
-        """Write the main config, the shipped policy and the password file.
+        """Write the main config, the shipped policy, the password file and the TLS material.
 
         ``passwords``: service accounts in plain text (hashed here); ``device_accounts``:
         (device id, Mosquitto hash) pairs as registration stored them.
@@ -56,10 +79,12 @@ class MosquittoInstance:
         account = self.root.account("mosquitto")
         self.root.make_private_dir(self._dir, account)
         self.root.make_private_dir(f"{self._dir}/data", account)
-        files = {
+        files: dict[str, str | bytes] = {
             "mosquitto.conf": (
                 "# Written by rpmstore; policy comes from ingest/broker/limits.conf.\n"
+                # Plain MQTT stays for processes on this machine only: it never leaves loopback.
                 f"listener {self.port} 127.0.0.1\n"
+                f"{self._tls_listeners() if tls is not None else ''}"
                 f"password_file {self._dir}/passwd\n"
                 f"acl_file {self._dir}/acl\n"
                 f"persistence_location {self._dir}/data/\n"
@@ -72,8 +97,44 @@ class MosquittoInstance:
             "acl": _shipped_policy("acl"),
             "passwd": _password_file(passwords, device_accounts),
         }
-        for file_name, text in files.items():
-            self._write_private(file_name, text, account.uid, account.gid)
+        if tls is not None:
+            files |= {
+                "server.crt": tls.server.cert_pem,
+                "server.key": tls.server.key_pem,
+                "device-ca.crt": tls.device_ca,
+                "device-ca.crl": tls.device_crl,
+            }
+        for file_name, content in files.items():
+            self._write_private(file_name, content, account.uid, account.gid)
+
+    def install_device_crl(self, crl_pem: bytes) -> None:
+        """Replace the device CRL; a running broker reloads it (and its certificates) on SIGHUP."""
+        account = self.root.account("mosquitto")
+        self._write_private("device-ca.crl", crl_pem, account.uid, account.gid)
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGHUP)
+
+    def _tls_listeners(self) -> str:
+        if self.tls_port is None or self.mtls_port is None:
+            raise ValueError("a broker with TLS needs tls_port and mtls_port")
+        server = (
+            f"certfile {self._dir}/server.crt\n"
+            f"keyfile {self._dir}/server.key\n"
+            # TLS 1.0 and 1.1 are deprecated (RFC 8996).
+            "tls_version tlsv1.2\n"
+        )
+        return (
+            f"listener {self.tls_port} 127.0.0.1\n{server}"
+            f"listener {self.mtls_port} 127.0.0.1\n{server}"
+            # Mutual TLS: a device proves itself with a certificate from the device CA, whose
+            # common name becomes its username (the ACL's %u), so it sends no password. The
+            # CRL is checked on every handshake; SIGHUP reloads it with the certificates.
+            f"cafile {self._dir}/device-ca.crt\n"
+            f"crlfile {self._dir}/device-ca.crl\n"
+            "require_certificate true\n"
+            "use_identity_as_username true\n"
+        )
 
     def set_device_accounts(
         self, passwords: dict[str, str], device_accounts: Sequence[tuple[str, str]]
@@ -87,12 +148,15 @@ class MosquittoInstance:
         if pid is not None:
             os.kill(pid, signal.SIGHUP)
 
-    def _write_private(self, file_name: str, text: str, uid: int, gid: int) -> None:
+    def _write_private(self, file_name: str, content: str | bytes, uid: int, gid: int) -> None:
         host = self.root.host_path(f"{self._dir}/{file_name}")
         temporary = host.with_name(f".{file_name}.tmp")
-        temporary.write_text(text)
+        temporary.unlink(missing_ok=True)
+        # Owner-only from the first byte: the directory is private, and so is every file.
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content.encode() if isinstance(content, str) else content)
         os.chown(temporary, uid, gid)
-        temporary.chmod(0o600)
         temporary.replace(host)  # the broker never reads a half-written file
 
     def is_configured(self) -> bool:
@@ -119,6 +183,9 @@ class MosquittoInstance:
 
     def is_running(self) -> bool:
         return self.pid() is not None
+
+    def listens_with_tls(self) -> bool:
+        return self.tls_port is not None and _port_open(self.tls_port)
 
     def start(self) -> None:
         """Start the broker as a daemon (it outlives this process) and wait for its port."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rpmstore.localstack.debian_root import PG_BIN, STATE_DIR_IN_ROOT, DebianRoot
 from rpmstore.localstack.errors import StackUnavailableError
+from rpmstore.localstack.pki import IssuedCertificate, write_private
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,16 @@ timescaledb.max_background_workers = 16
 max_locks_per_transaction = 256
 log_min_duration_statement = -1
 log_line_prefix = '%m [%p] %q%u@%d '
+"""
+
+
+# Written by configure_tls; paths relative to the data directory.
+_TLS_CONFIG = """\
+# Written by rpmstore; edit rpmstore/localstack/postgres.py instead.
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+ssl_min_protocol_version = 'TLSv1.2'
 """
 
 
@@ -106,6 +117,27 @@ class PostgresInstance:
         os.chown(conf, account.uid, account.gid)
         with self.root.host_path(f"{self.data_dir}/postgresql.conf").open("a") as main_conf:
             main_conf.write("include 'rpmstore.conf'\n")
+
+    def configure_tls(self, server: IssuedCertificate) -> None:
+        """Serve TLS with ``server`` (clients may then ask for sslmode=verify-full against the
+        CA that issued it); a running server reloads it. Loopback clients may still connect
+        without TLS: the stack listens on 127.0.0.1 only."""
+        account = self.root.account("postgres")
+        data = self.root.host_path(self.data_dir)
+        for name, content in (("server.crt", server.cert_pem), ("server.key", server.key_pem)):
+            # PostgreSQL refuses a key that its owner does not own alone (0600).
+            write_private(data / name, content)
+            os.chown(data / name, account.uid, account.gid)
+        tls_conf = data / "rpmstore-tls.conf"
+        tls_conf.write_text(_TLS_CONFIG)
+        os.chown(tls_conf, account.uid, account.gid)
+        main_conf = data / "postgresql.conf"
+        include = "include_if_exists 'rpmstore-tls.conf'\n"
+        if include not in main_conf.read_text():  # clusters made before TLS get it here
+            with main_conf.open("a") as handle:
+                handle.write(include)
+        if self.is_running():
+            self._pg_ctl("reload")  # SSL settings and files are reloadable (PostgreSQL 10+)
 
     def is_running(self) -> bool:
         return self._pg_ctl("status", check=False).returncode == 0

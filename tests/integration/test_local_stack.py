@@ -5,23 +5,28 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from api.auth import AuthConfig
+from ingest.transport import parse_broker_url
 from rpmstore.cli import main
 from rpmstore.localstack import stack
 from rpmstore.localstack.debian_root import STATE_DIR_IN_ROOT, DebianRoot
 from rpmstore.localstack.mosquitto import MosquittoInstance
+from rpmstore.localstack.pki import ensure_ca
 from rpmstore.localstack.postgres import PostgresInstance
 from rpmstore.settings import Settings
 from schema.migrate import Migrator
 from schema.registry import register_device
-from tests.conftest import Broker, free_port
+from tests.conftest import Broker, TestPki, free_port
 from tests.integration.test_device_broker_accounts import connect_code
+from tests.integration.test_mqtt_tls import mqtt_connect
 
 pytestmark = pytest.mark.slow  # starts and stops whole local stacks
 
@@ -39,6 +44,8 @@ def stack_settings(
         "RPMSTORE_STACK": "chroot",
         "RPMSTORE_PG_PORT": str(free_port()),
         "RPMSTORE_MQTT_PORT": str(free_port()),
+        "RPMSTORE_MQTT_TLS_PORT": str(free_port()),
+        "RPMSTORE_MQTT_MTLS_PORT": str(free_port()),
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
@@ -92,6 +99,79 @@ def test_up_is_idempotent_and_recovers_from_a_crash(
     assert "postgres:    stopped" in capsys.readouterr().out
 
 
+def test_the_stack_makes_its_ca_and_serves_mqtt_over_tls(stack_settings: Settings) -> None:
+    """``db up`` makes the stack's CAs (keys owner-only) and hands out an mqtts:// URL that
+    verifies the broker against them; the TLS listener refuses plain MQTT; PostgreSQL
+    serves TLS that sslmode=verify-full accepts with the stack's CA and no other."""
+    urls = stack.up(stack_settings)
+    endpoint = parse_broker_url(urls.mqtt_url)
+    assert endpoint.tls and endpoint.port == stack_settings.mqtt_tls_port
+    pki = stack.pki_dir(stack_settings)
+    assert endpoint.cafile == str(pki / "ca" / "ca.crt")
+    for key in (pki / "ca" / "ca.key", pki / "device-ca" / "ca.key"):
+        assert key.stat().st_mode & 0o077 == 0
+    assert (pki / "ca").stat().st_mode & 0o077 == 0
+    code = mqtt_connect(
+        endpoint.port,
+        context=endpoint.ssl_context(),
+        username=endpoint.username,
+        password=endpoint.password,
+    )
+    assert code == 0
+    assert mqtt_connect(endpoint.port, context=None) is None
+    # PostgreSQL serves TLS from the same CA: sslmode=verify-full works against the stack.
+    verified = make_conninfo(
+        urls.database_url, sslmode="verify-full", sslrootcert=str(pki / "ca" / "ca.crt")
+    )
+    with psycopg.connect(verified) as conn:
+        row = conn.execute(
+            "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+        ).fetchone()
+    assert row is not None and row[0] is True and row[1] in ("TLSv1.2", "TLSv1.3")
+    stranger = ensure_ca(stack_settings.home / "other-ca", "not the stack's CA")
+    untrusting = make_conninfo(
+        urls.database_url, sslmode="verify-full", sslrootcert=str(stranger.cert_path)
+    )
+    with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+        psycopg.connect(untrusting).close()
+    ca_before = (pki / "ca" / "ca.crt").read_bytes()
+    assert stack.up(stack_settings) == urls
+    assert (pki / "ca" / "ca.crt").read_bytes() == ca_before  # kept, like the passwords
+
+
+def test_device_certificates_are_issued_and_revoked(
+    stack_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``broker cert`` issues a device certificate the mutual-TLS listener accepts;
+    ``broker revoke`` puts it on the CRL, and the broker refuses it from then on."""
+    stack.up(stack_settings)
+    out = tmp_path / "device"
+    assert main(["broker", "cert", "device-7", "--out", str(out)]) == 0
+    assert (out / "device-7.key").stat().st_mode & 0o077 == 0
+
+    def connect() -> int | str | None:
+        context = ssl.create_default_context(cafile=str(out / "ca.crt"))
+        context.load_cert_chain(out / "device-7.crt", out / "device-7.key")
+        try:
+            return mqtt_connect(stack_settings.mqtt_mtls_port, context=context)
+        except ssl.SSLError as error:
+            return str(error)
+
+    assert connect() == 0
+    assert main(["broker", "revoke", str(out / "device-7.crt")]) == 0
+    # The CLI made the running broker reload its CRL (SIGHUP); a restart reads it for sure,
+    # so the assertion does not depend on how soon the reload lands.
+    assert main(["db", "down"]) == 0
+    stack.up(stack_settings)
+    assert connect() != 0
+    assert main(["broker", "cert", "a/b", "--out", str(out)]) == 2  # never widens a topic
+    assert "not a device id" in capsys.readouterr().err
+    stranger = ensure_ca(tmp_path / "other-ca", "rpmstore device CA (same name, other key)")
+    stranger.issue_client("device-7").write(tmp_path / "other.crt", tmp_path / "other.key")
+    assert main(["broker", "revoke", str(tmp_path / "other.crt")]) == 2
+    assert "not issued by this stack's device CA" in capsys.readouterr().err
+
+
 def test_url_prints_what_processes_should_use(
     stack_settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -133,13 +213,18 @@ def test_explicit_urls_point_everything_at_existing_servers(
     stack_settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """With DATABASE_URL and MQTT_URL set, nothing local is started and they are used as given."""
-    monkeypatch.setenv("DATABASE_URL", "postgresql://app@db.internal:5432/rpm")
-    monkeypatch.setenv("MQTT_URL", "mqtt://ingest@broker.internal:1883")
+    database = "postgresql://app@db.internal:5432/rpm?sslmode=verify-full"
+    monkeypatch.setenv("DATABASE_URL", database)
+    monkeypatch.setenv("MQTT_URL", "mqtts://ingest@broker.internal:8883")
     assert stack.choose_backend(Settings()) == "external"
     assert main(["db", "url"]) == 0
     out = capsys.readouterr().out
-    assert "DATABASE_URL='postgresql://app@db.internal:5432/rpm'" in out
-    assert "MQTT_URL='mqtt://ingest@broker.internal:1883'" in out
+    assert f"DATABASE_URL='{database}'" in out
+    assert "MQTT_URL='mqtts://ingest@broker.internal:8883'" in out
+    # Off loopback without verify-full, the database URL is refused (rpmstore/db_transport.py).
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app@db.internal:5432/rpm")
+    assert main(["db", "url"]) == 2
+    assert "sslmode=verify-full" in capsys.readouterr().err
     assert stack.server_status(stack_settings).postgres_running is False
 
 
@@ -152,7 +237,10 @@ def test_commands_without_a_stack_say_what_to_do(
 
 
 def test_broker_sync_lets_registered_devices_log_in(
-    stack_settings: Settings, debian_root: DebianRoot, capsys: pytest.CaptureFixture[str]
+    stack_settings: Settings,
+    debian_root: DebianRoot,
+    test_pki: TestPki,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     urls = stack.up(stack_settings)
     with psycopg.connect(urls.database_url, autocommit=True) as conn:
@@ -163,7 +251,9 @@ def test_broker_sync_lets_registered_devices_log_in(
     assert main(["broker", "sync"]) == 0
     assert "1 active devices" in capsys.readouterr().out
     broker = Broker(
-        MosquittoInstance(debian_root, stack_settings.instance, stack_settings.mqtt_port), {}
+        MosquittoInstance(debian_root, stack_settings.instance, stack_settings.mqtt_port),
+        {},
+        test_pki,  # unused: connect_code speaks plain MQTT on loopback
     )
     codes = [connect_code(broker, str(device.device_id), device.token) for _ in range(50)]
     assert any(not code.is_failure for code in codes)

@@ -487,3 +487,31 @@ def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
     """.env, the git history and the virtualenv never enter the build context."""
     ignored = set((REPO / ".dockerignore").read_text().split())
     assert {".env", ".git", ".venv"} <= ignored
+
+
+def test_tls_override_adds_the_embedded_stacks_tls_listeners(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """deploy/compose.tls.yml mounts deploy/mosquitto/tls.conf where include_dir loads it,
+    with the certificates it names, and publishes its ports on loopback by default."""
+    override = _mapping(yaml.safe_load((REPO / "deploy" / "compose.tls.yml").read_text()))
+    broker = _mapping(_mapping(override["services"])["mosquitto"])
+    mounts = _mounts(services["mosquitto"]) + _mounts(broker)
+    tls_conf = REPO / "deploy" / "mosquitto" / "tls.conf"
+    (include_dir,) = _mosquitto_options(MOSQUITTO_CONF)["include_dir"]
+    assert _conf_files_in(PurePosixPath(include_dir), mounts) == {
+        LIMITS_FILE.resolve(),
+        tls_conf.resolve(),
+    }
+    options = _mosquitto_options(tls_conf)
+    assert options["listener"] == ["8883", "8884"]
+    assert options["tls_version"] == ["tlsv1.2", "tlsv1.2"]
+    assert options["require_certificate"] == ["true"]
+    assert options["use_identity_as_username"] == ["true"]
+    tls_mount = next(m for m in _mounts(broker) if m.target == PurePosixPath("/mosquitto/tls"))
+    assert tls_mount.read_only
+    for name in ("certfile", "keyfile", "cafile", "crlfile"):
+        for path in options[name]:
+            assert PurePosixPath(path).parent == tls_mount.target
+    for port in broker["ports"]:
+        assert str(port).startswith("${RPMSTORE_MQTTS_BIND:-127.0.0.1}:")
