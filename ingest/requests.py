@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ingest.store import ReadingColumns, ValidatedReading
+from ingest.store import ReadingColumns, Source, ValidatedReading
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,8 @@ class IngestRequest:
     received_at: float  # time.time() when it arrived; quarantine rows record it
     claimed_device: str | None = None
     topic: str | None = None
+    # The transport it came by, for the metrics (the committer's own source when None).
+    source: Source | None = None
     columns: ReadingColumns = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -302,3 +302,19 @@ def test_errors_that_say_nothing_about_the_data_are_retried_not_quarantined(
     assert (outcome.stored, outcome.quarantined, outcome.refused) == (1, 0, ())
     assert count(conn, "readings") == 1
     assert count(conn, "ingest_quarantine") == 0
+
+
+def test_the_buffer_count_returns_to_zero_after_quarantine_only_requests(db_url: str) -> None:
+    """What a request adds to the buffer is what its batch takes off: whole-payload refusals
+    (no readings, one quarantine entry) used to take one more each, loosening the bound."""
+    device = uuid.uuid4()
+    whole = (QuarantineEntry("malformed_json", "not JSON", None),)
+
+    async def body(committer: GroupCommitter) -> int:
+        await asyncio.gather(
+            *(committer.submit(request([], whole)) for _ in range(5)),
+            committer.submit(request([reading(device, 0, 97.0)])),
+        )
+        return committer.pending_rows
+
+    assert run_with_committer(db_url, body) == 0
