@@ -26,6 +26,7 @@ import contextlib
 import logging
 import time
 from asyncio import FIRST_COMPLETED
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -323,10 +324,16 @@ def count_outcome(
     readings = metrics.readings
     readings.labels(label, "stored", "").inc(outcome.stored)
     readings.labels(label, "duplicate", "").inc(outcome.duplicates)
-    for _ in outcome.conflicts:
-        readings.labels(label, "quarantined", "conflict").inc()
-    for entry in (*request.quarantine, *outcome.refused):
-        readings.labels(label, "quarantined", entry.reason).inc()
+    # A rejected reading already quarantined (a retried payload) is a duplicate too, with its
+    # reason: counting it as quarantined again would count rows the database does not have.
+    repeats = Counter(outcome.already_quarantined)
+    conflicts = (QuarantineEntry("conflict", c.detail, c.reading_index) for c in outcome.conflicts)
+    for entry in (*conflicts, *request.quarantine, *outcome.refused):
+        if repeats[entry]:
+            repeats[entry] -= 1
+            readings.labels(label, "duplicate", entry.reason).inc()
+        else:
+            readings.labels(label, "quarantined", entry.reason).inc()
 
 
 async def check_durability(pool: asyncpg.Pool) -> None:

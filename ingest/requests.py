@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from ingest.store import ReadingColumns, Source, ValidatedReading
 
@@ -45,3 +47,8 @@ class IngestRequest:
             else ReadingColumns.from_readings(readings)
         )
         object.__setattr__(self, "columns", columns)  # derived once; the dataclass is frozen
+
+    @cached_property
+    def payload_sha256(self) -> bytes:
+        """The raw payload's key in rpm.ingest_payloads (only worked out when quarantining)."""
+        return hashlib.sha256(self.raw_payload).digest()

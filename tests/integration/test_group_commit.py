@@ -112,7 +112,7 @@ def test_same_key_with_a_different_value_is_quarantined_as_a_conflict(
     ).fetchall() == [(98.0,)]
     quarantined = conn.execute(
         "SELECT reason, reading_index, raw_payload, claimed_device, detail, batch_id "
-        "FROM rpm.ingest_quarantine"
+        "FROM rpm.ingest_quarantine JOIN rpm.ingest_payloads USING (payload_sha256)"
     ).fetchall()
     assert len(quarantined) == 1
     reason, index, raw, claimed, detail, batch_id = quarantined[0]
@@ -178,7 +178,8 @@ def test_validation_rejections_are_quarantined_with_the_raw_payload(
     assert isinstance(outcome, IngestOutcome)
     assert (outcome.stored, outcome.quarantined) == (1, 1)
     assert conn.execute(
-        "SELECT reason, detail, reading_index, raw_payload FROM rpm.ingest_quarantine"
+        "SELECT reason, detail, reading_index, raw_payload FROM rpm.ingest_quarantine "
+        "JOIN rpm.ingest_payloads USING (payload_sha256)"
     ).fetchall() == [("out_of_range", rejected[0].detail, 1, b'{"raw": "payload"}')]
     assert conn.execute("SELECT quarantine_count FROM rpm.ingest_batches").fetchall() == [(1,)]
 

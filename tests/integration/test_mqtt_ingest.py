@@ -142,7 +142,9 @@ class MqttWard:
 
     def quarantined(self) -> list[tuple[str, bytes, str | None]]:
         return self.conn.execute(
-            "SELECT reason, raw_payload, topic FROM rpm.ingest_quarantine ORDER BY quarantine_id"
+            "SELECT reason, raw_payload, topic FROM rpm.ingest_quarantine "
+            "JOIN rpm.ingest_payloads USING (payload_sha256) "
+            "ORDER BY quarantine_id"
         ).fetchall()
 
 
