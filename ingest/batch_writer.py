@@ -14,18 +14,18 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import numpy as np
 
 from ingest.metrics import IngestMetrics
 from ingest.outcomes import (
-    QUARANTINE_COLUMNS,
     BatchTotals,
     IngestOutcome,
     QuarantineRow,
     map_outcomes,
+    recognise_repeats,
 )
 from ingest.requests import IngestRequest
 from ingest.series import series_ranges
@@ -132,8 +132,14 @@ class BatchWriter:
                 outcomes, quarantine_rows = map_outcomes(
                     requests, batch_id, [], source=self._source
                 )
-                await self._finish_batch(
-                    conn, batch_id, BatchTotals(len(columns), 0, 0), quarantine_rows, outbox
+                outcomes = await self._finish_batch(
+                    conn,
+                    batch_id,
+                    BatchTotals(len(columns), 0, 0),
+                    requests,
+                    outcomes,
+                    quarantine_rows,
+                    outbox,
                 )
         except asyncpg.UniqueViolationError:
             return None
@@ -156,8 +162,14 @@ class BatchWriter:
                 requests, batch_id, not_stored, source=self._source
             )
             # Duplicates included in the outbox: evaluating a range again changes nothing.
-            await self._finish_batch(
-                conn, batch_id, BatchTotals.of(outcomes), quarantine_rows, outbox
+            outcomes = await self._finish_batch(
+                conn,
+                batch_id,
+                BatchTotals.of(outcomes),
+                requests,
+                outcomes,
+                quarantine_rows,
+                outbox,
             )
         return batch_id, outcomes
 
@@ -166,17 +178,18 @@ class BatchWriter:
         conn: asyncpg.Connection,
         batch_id: int,
         totals: BatchTotals,
+        requests: Sequence[IngestRequest],
+        outcomes: list[IngestOutcome],
         quarantine_rows: list[QuarantineRow],
         outbox: Sequence[object],
-    ) -> None:
-        """The quarantine rows, then the batch row with its alert outbox row."""
+    ) -> list[IngestOutcome]:
+        """The quarantine rows (each raw payload once), then the batch row with its alert
+        outbox row; ``outcomes`` with the rejected readings that were quarantined already."""
+        quarantined = 0
         if quarantine_rows:
-            await conn.copy_records_to_table(
-                "ingest_quarantine",
-                schema_name="rpm",
-                records=quarantine_rows,
-                columns=QUARANTINE_COLUMNS,
-            )
+            inserted = await self._write_quarantine(conn, batch_id, requests, quarantine_rows)
+            outcomes = recognise_repeats(outcomes, quarantine_rows, inserted)
+            quarantined = len(inserted)
         await conn.execute(
             self._q["insert_batch"],
             batch_id,
@@ -185,9 +198,38 @@ class BatchWriter:
             totals.stored,
             totals.duplicates,
             totals.conflicts,
-            len(quarantine_rows),
+            quarantined,
             *outbox,
         )
+        return outcomes
+
+    async def _write_quarantine(
+        self,
+        conn: asyncpg.Connection,
+        batch_id: int,
+        requests: Sequence[IngestRequest],
+        rows: list[QuarantineRow],
+    ) -> set[tuple[bytes, int | None, str]]:
+        """Write the payloads and the rows; the keys of the rows that were new."""
+        payloads: dict[bytes, IngestRequest] = {}
+        for row in rows:
+            payloads.setdefault(row.payload_sha256, requests[row.request_number])
+        await conn.execute(
+            self._q["insert_payloads"],
+            list(payloads),
+            [request.raw_payload for request in payloads.values()],
+            [_received_at(request) for request in payloads.values()],
+        )
+        # Columns of QUARANTINE_COLUMNS but source (1) and batch_id (8), the batch's own.
+        arrays = [[row.values[column] for row in rows] for column in (0, 2, 3, 4, 5, 6, 7)]
+        inserted = await conn.fetch(
+            self._q["insert_quarantine"],
+            arrays[0],
+            self._source,
+            *arrays[1:],
+            batch_id,
+        )
+        return {(bytes(r["payload_sha256"]), r["reading_index"], r["reason"]) for r in inserted}
 
     async def _merge(
         self, conn: asyncpg.Connection, columns: ReadingColumns, batch_id: int
@@ -237,6 +279,10 @@ class BatchWriter:
                     for (p, m), (low, high) in ranges.items()
                 ],
             )
+
+
+def _received_at(request: IngestRequest) -> datetime:
+    return datetime.fromtimestamp(request.received_at, UTC)
 
 
 def _datetime(epoch_us: int) -> datetime:

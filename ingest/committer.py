@@ -26,6 +26,7 @@ import contextlib
 import logging
 import time
 from asyncio import FIRST_COMPLETED
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -80,11 +81,22 @@ class UnsafeDatabaseSettingsError(RuntimeError):
 class _Pending:
     request: IngestRequest
     future: asyncio.Future[IngestOutcome]
+    # What this request adds to the buffer and, once done, takes off it: one number, worked
+    # out once, so the bound cannot drift. Quarantined readings count too: they are held and
+    # written like the others (a payload of 1,000 bad readings is no lighter than 1,000 good).
     rows: int = field(init=False)
+    # Taken into a batch by a worker: from then on its transaction decides its fate.
+    taken: bool = False
+    # Its caller stopped waiting before it was taken: it is never written.
+    withdrawn: bool = False
 
     def __post_init__(self) -> None:
-        # At least 1: a request that only carries quarantine rows still occupies the buffer.
-        self.rows = max(1, len(self.request.columns))
+        self.rows = len(self.request.columns) + len(self.request.quarantine)
+
+    @property
+    def weight(self) -> int:
+        """Its share of a batch: at least 1, so that a batch always makes progress."""
+        return max(1, self.rows)
 
 
 class GroupCommitter:
@@ -155,8 +167,16 @@ class GroupCommitter:
             self._workers = []
 
     async def submit(self, request: IngestRequest) -> IngestOutcome:
-        """Queue ``request`` and return once its batch has committed."""
-        rows = len(request.columns)
+        """Queue ``request`` and return once its batch has committed.
+
+        A caller that stops waiting (a timeout, a cancelled task) before a worker took the
+        request withdraws it: it is never written, so the caller may truthfully say "not kept".
+        Once taken, the request's transaction decides: the cancelled caller still waits for
+        its outcome (the commit's, or a refusal if the batch fails before committing), so an
+        answer never says "not kept" about something that was kept.
+        """
+        pending = _Pending(request, asyncio.get_running_loop().create_future())
+        rows = pending.rows
         # A request bigger than the whole buffer is still admitted into an empty buffer, or it
         # could never be stored.
         if self._pending_rows and self._pending_rows + rows > self._max_pending_rows:
@@ -166,12 +186,20 @@ class GroupCommitter:
                 f"{self._pending_rows} readings are waiting to be committed "
                 f"(limit {self._max_pending_rows})"
             )
-        pending = _Pending(request, asyncio.get_running_loop().create_future())
         self._pending_rows += rows
         if self._metrics:
             self._metrics.buffer_rows.set(self._pending_rows)
         await self._queue.put(pending)
-        return await pending.future
+        try:
+            # Shielded: cancelling the caller must not cancel the outcome of a taken request.
+            return await asyncio.shield(pending.future)
+        except asyncio.CancelledError:
+            # Either way the caller has given up: a batch that fails is not retried for it.
+            pending.withdrawn = True
+            if pending.future.done() or pending.taken:
+                # Committing (or committed) already: wait for what the database decided.
+                return await pending.future
+            raise
 
     async def _next_batch(self) -> list[_Pending]:
         """Everything queued, up to ``max_batch_rows``; waits for more only while another
@@ -184,7 +212,7 @@ class GroupCommitter:
         nothing more can arrive, so a fixed delay would be paid by every batch.
         """
         batch = [await self._queue.get()]
-        rows = batch[0].rows
+        rows = batch[0].weight
         deadline: float | None = None
         while rows < self._max_batch_rows:
             try:
@@ -202,7 +230,7 @@ class GroupCommitter:
                     break
                 item = next_item
             batch.append(item)
-            rows += item.rows
+            rows += item.weight
         return batch
 
     async def _get_while_committing(self, timeout: float) -> _Pending | None:
@@ -234,10 +262,26 @@ class GroupCommitter:
             batch = await self._next_batch()
             self._committing += 1
             try:
-                outcomes = await self._writer.commit([p.request for p in batch])
-                for pending, outcome in zip(batch, outcomes, strict=True):
-                    if not pending.future.done():
-                        pending.future.set_result(outcome)
+                # Withdrawn requests are left out: their callers were told "not kept".
+                kept = [p for p in batch if not p.withdrawn]
+                for pending in kept:
+                    pending.taken = True
+                outcomes = await self._writer.commit(
+                    [p.request for p in kept], abandoned=_abandoned_in(kept)
+                )
+                for pending, outcome in zip(kept, outcomes, strict=True):
+                    if pending.future.done():
+                        continue
+                    if outcome is None:
+                        pending.future.set_exception(
+                            DatabaseUnavailableError(
+                                "not stored: the database failed before this was committed"
+                            )
+                        )
+                        continue
+                    if self._metrics:
+                        count_outcome(self._metrics, self._source, pending.request, outcome)
+                    pending.future.set_result(outcome)
                 if self._post_commit is not None:  # wakes the alert worker, after the answers
                     self._post_commit()
             except Exception as exc:  # answered to every waiting caller, never swallowed
@@ -260,6 +304,36 @@ class GroupCommitter:
                     self._queue.task_done()
                 if self._metrics:
                     self._metrics.buffer_rows.set(self._pending_rows)
+
+
+def _abandoned_in(batch: list[_Pending]) -> Callable[[IngestRequest], bool]:
+    """Whether a request of ``batch`` was given up by its caller."""
+    by_request = {id(p.request): p for p in batch}
+    return lambda request: by_request[id(request)].withdrawn
+
+
+def count_outcome(
+    metrics: IngestMetrics, source: Source, request: IngestRequest, outcome: IngestOutcome
+) -> None:
+    """Count what became of every reading of a committed request.
+
+    Counted here, where the outcome is known, rather than by the caller, which may have
+    stopped waiting: so /metrics matches what the database holds.
+    """
+    label = request.source or source
+    readings = metrics.readings
+    readings.labels(label, "stored", "").inc(outcome.stored)
+    readings.labels(label, "duplicate", "").inc(outcome.duplicates)
+    # A rejected reading already quarantined (a retried payload) is a duplicate too, with its
+    # reason: counting it as quarantined again would count rows the database does not have.
+    repeats = Counter(outcome.already_quarantined)
+    conflicts = (QuarantineEntry("conflict", c.detail, c.reading_index) for c in outcome.conflicts)
+    for entry in (*conflicts, *request.quarantine, *outcome.refused):
+        if repeats[entry]:
+            repeats[entry] -= 1
+            readings.labels(label, "duplicate", entry.reason).inc()
+        else:
+            readings.labels(label, "quarantined", entry.reason).inc()
 
 
 async def check_durability(pool: asyncpg.Pool) -> None:

@@ -11,7 +11,8 @@ class IngestMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.readings = Counter(
             "rpmstore_ingest_readings",
-            "Readings received, by outcome (stored, duplicate, quarantined) and reason.",
+            "Readings received, by outcome (stored, duplicate, quarantined) and reason (a "
+            "duplicate with a reason: a rejected reading already quarantined, from a retry).",
             ["source", "outcome", "reason"],
             registry=registry,
         )
@@ -29,7 +30,7 @@ class IngestMetrics:
         )
         self.buffer_rows = Gauge(
             "rpmstore_ingest_buffer_rows",
-            "Readings waiting to be committed.",
+            "Readings waiting to be committed (stored or quarantined ones alike).",
             registry=registry,
         )
         self.buffer_full = Counter(

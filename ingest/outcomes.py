@@ -9,8 +9,8 @@ which is quarantined -- never overwriting or dropping either value.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import asyncpg
@@ -19,20 +19,40 @@ import numpy as np
 from ingest.requests import IngestRequest, QuarantineEntry
 from ingest.store import Source
 
-# rpm.ingest_quarantine's columns, in the order of the rows quarantine_row builds.
+# rpm.ingest_quarantine's columns, in the order of the rows quarantine_row builds (and of
+# the insert_quarantine statement's arrays).
 QUARANTINE_COLUMNS = (
     "received_at",
     "source",
     "reason",
     "detail",
-    "raw_payload",
+    "payload_sha256",
     "reading_index",
     "claimed_device",
     "topic",
     "batch_id",
 )
+# A quarantine row's detail is for a person and bounded (the table's CHECK): a rejected
+# reading costs a row of bounded size, never a copy of what the sender chose to send.
+MAX_DETAIL_CHARS = 1000
+# What makes a quarantine row unique (ingest_quarantine_once): a retried payload's rejected
+# readings have the same key and are recognised, not quarantined again.
+QuarantineKey = tuple[bytes, int | None, str]
 
-QuarantineRow = tuple[object, ...]
+
+@dataclass(frozen=True)
+class QuarantineRow:
+    """One rpm.ingest_quarantine row (``values`` in ``QUARANTINE_COLUMNS`` order), with the
+    request of the batch it belongs to."""
+
+    request_number: int
+    entry: QuarantineEntry
+    payload_sha256: bytes
+    values: tuple[object, ...]
+
+    @property
+    def key(self) -> QuarantineKey:
+        return (self.payload_sha256, self.entry.reading_index, self.entry.reason)
 
 
 @dataclass(frozen=True)
@@ -60,6 +80,9 @@ class IngestOutcome:
     quarantined: int  # validation rejections, conflicts and refused readings
     # Readings the database refused although they passed validation (quarantined).
     refused: tuple[QuarantineEntry, ...] = ()
+    # Rejected readings already in the quarantine from an earlier copy of the same payload (a
+    # retry or redelivery): recognised, not quarantined again.
+    already_quarantined: tuple[QuarantineEntry, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -109,11 +132,11 @@ def map_outcomes(
         conflict = Conflict(request.reading_indexes[reading_number], stored_value, value)
         conflicts[request_number].append(conflict)
         entry = QuarantineEntry("conflict", conflict.detail, conflict.reading_index)
-        quarantine_rows.append(quarantine_row(request, batch_id, entry, source=source))
+        quarantine_rows.append(_row(request_number, request, batch_id, entry, source=source))
     outcomes = []
     for n, request in enumerate(requests):
         quarantine_rows.extend(
-            quarantine_row(request, batch_id, entry, source=source) for entry in request.quarantine
+            _row(n, request, batch_id, entry, source=source) for entry in request.quarantine
         )
         outcomes.append(
             IngestOutcome(
@@ -127,16 +150,51 @@ def map_outcomes(
     return outcomes, quarantine_rows
 
 
+def recognise_repeats(
+    outcomes: Sequence[IngestOutcome],
+    rows: Sequence[QuarantineRow],
+    inserted: Collection[QuarantineKey],
+) -> list[IngestOutcome]:
+    """``outcomes`` with the rows that were not ``inserted`` (already quarantined) noted.
+
+    The same key twice in one batch (one payload sent twice at once) is inserted once: the
+    first row with it claims the insertion, the later ones are repeats.
+    """
+    unclaimed = set(inserted)
+    repeats: list[list[QuarantineEntry]] = [[] for _ in outcomes]
+    for row in rows:
+        if row.key in unclaimed:
+            unclaimed.discard(row.key)
+        else:
+            repeats[row.request_number].append(row.entry)
+    return [
+        replace(outcome, already_quarantined=tuple(repeated)) if repeated else outcome
+        for outcome, repeated in zip(outcomes, repeats, strict=True)
+    ]
+
+
+def _row(
+    request_number: int,
+    request: IngestRequest,
+    batch_id: int,
+    entry: QuarantineEntry,
+    *,
+    source: Source,
+) -> QuarantineRow:
+    values = quarantine_row(request, batch_id, entry, source=source)
+    return QuarantineRow(request_number, entry, request.payload_sha256, values)
+
+
 def quarantine_row(
     request: IngestRequest, batch_id: int, entry: QuarantineEntry, *, source: Source
-) -> QuarantineRow:
+) -> tuple[object, ...]:
     """One rpm.ingest_quarantine row, in ``QUARANTINE_COLUMNS`` order."""
     return (
         datetime.fromtimestamp(request.received_at, UTC),
         source,
         entry.reason,
-        entry.detail,
-        request.raw_payload,
+        entry.detail[:MAX_DETAIL_CHARS],
+        request.payload_sha256,
         entry.reading_index,
         request.claimed_device,
         request.topic,

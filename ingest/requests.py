@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
-from ingest.store import ReadingColumns, ValidatedReading
+from ingest.store import ReadingColumns, Source, ValidatedReading
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,8 @@ class IngestRequest:
     received_at: float  # time.time() when it arrived; quarantine rows record it
     claimed_device: str | None = None
     topic: str | None = None
+    # The transport it came by, for the metrics (the committer's own source when None).
+    source: Source | None = None
     columns: ReadingColumns = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -43,3 +47,8 @@ class IngestRequest:
             else ReadingColumns.from_readings(readings)
         )
         object.__setattr__(self, "columns", columns)  # derived once; the dataclass is frozen
+
+    @cached_property
+    def payload_sha256(self) -> bytes:
+        """The raw payload's key in rpm.ingest_payloads (only worked out when quarantining)."""
+        return hashlib.sha256(self.raw_payload).digest()

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import asyncpg
@@ -47,19 +47,38 @@ class RetryingWriter:
         """Give the calling worker task's connection back to the pool (when it stops)."""
         await self._connections.give_back()
 
-    async def commit(self, requests: Sequence[IngestRequest]) -> list[IngestOutcome]:
-        """Each request's outcome, once the batch is durable (or the request quarantined)."""
+    async def commit(
+        self,
+        requests: Sequence[IngestRequest],
+        *,
+        abandoned: Callable[[IngestRequest], bool] = lambda _: False,
+    ) -> list[IngestOutcome | None]:
+        """Each request's outcome, once the batch is durable (or the request quarantined).
+
+        None for a request ``abandoned`` (its caller gave up) when an attempt failed: it is
+        left out of every later attempt, so that it is certainly not written after its
+        caller was told so.
+        """
         backoff = 0.05
+        outcomes: dict[int, IngestOutcome | None] = {}
+        remaining = list(requests)
         while True:
             try:
-                return await self._commit(requests)
+                if remaining:
+                    for request, outcome in zip(
+                        remaining, await self._commit(remaining), strict=True
+                    ):
+                        outcomes[id(request)] = outcome
+                return [outcomes[id(r)] for r in requests]
             except Exception as exc:
                 kind = classify(exc)
                 if kind is ErrorKind.DATA:
                     # Validation should have caught this. Isolate the request the database
                     # refused so the rest of the batch is stored and the refused readings are
                     # quarantined: never retried forever (a poison message), never dropped.
-                    return await self._isolate(requests, exc)
+                    isolated = await self._isolate(remaining, exc)
+                    outcomes.update(zip(map(id, remaining), isolated, strict=True))
+                    return [outcomes[id(r)] for r in requests]
                 code = sqlstate(exc)
                 if kind is ErrorKind.DEFECT and code is None:
                     raise  # a defect in this process, not an answer from the database
@@ -81,12 +100,15 @@ class RetryingWriter:
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff_s)
+                for request in [r for r in remaining if abandoned(r)]:
+                    outcomes[id(request)] = None
+                    remaining.remove(request)
 
     async def _isolate(
         self, requests: Sequence[IngestRequest], error: Exception
     ) -> list[IngestOutcome]:
         if len(requests) > 1:
-            return [(await self.commit([request]))[0] for request in requests]
+            return [await self._commit_one(request) for request in requests]
         (request,) = requests
         if not len(request.columns):
             # Only quarantine rows left, and the database refuses even those: a defect here,
@@ -106,8 +128,13 @@ class RetryingWriter:
         fallback = replace(
             request, readings=(), reading_indexes=(), quarantine=(*request.quarantine, *refused)
         )
-        (outcome,) = await self.commit([fallback])
+        outcome = await self._commit_one(fallback)
         return [replace(outcome, refused=refused)]
+
+    async def _commit_one(self, request: IngestRequest) -> IngestOutcome:
+        (outcome,) = await self.commit([request])
+        assert outcome is not None  # nothing is abandoned here
+        return outcome
 
     async def _commit(self, requests: Sequence[IngestRequest]) -> list[IngestOutcome]:
         started = time.monotonic()

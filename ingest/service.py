@@ -3,7 +3,8 @@
 HTTP and MQTT both call :meth:`IngestService.ingest`: decode, validate against the cached
 catalogue and device, then hand the request to the group committer and wait for COMMIT.
 Every reading received ends as stored, a recognised duplicate, or quarantined (with the raw
-payload and a specific reason), and the metrics count which.
+payload and a specific reason), and the metrics count which (the committer counts, when the
+outcome is known).
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class IngestService:
             received_at=received,
             claimed_device=claimed_device,
             topic=topic,
+            source=source,
         )
         try:
             payload = decode_payload(raw, require_device_id=require_device_id)
@@ -126,9 +128,10 @@ class IngestService:
             received_at=received,
             claimed_device=claimed_device,
             topic=topic,
+            source=source,
         )
         outcome = await self._committer.submit(request)
-        self._count(source, outcome, result.rejected)
+        self._log(outcome, result.rejected, source)
         rejected = [RejectedReading(r.index, r.reason, r.detail) for r in result.rejected]
         rejected += [
             RejectedReading(c.reading_index, "conflict", c.detail) for c in outcome.conflicts
@@ -149,10 +152,10 @@ class IngestService:
         self, base: IngestRequest, source: Source, reason: str, detail: str
     ) -> None:
         log.warning("payload quarantined: %s", reason, extra={"source": source, "detail": detail})
+        # Counted by the committer once committed (ingest.committer.count_outcome).
         await self._committer.submit(
-            replace(base, quarantine=(QuarantineEntry(reason, detail, None),))
+            replace(base, quarantine=(QuarantineEntry(reason, detail, None),), source=source)
         )
-        self._metrics.readings.labels(source, "quarantined", reason).inc()
 
     async def quarantine(
         self,
@@ -182,17 +185,11 @@ class IngestService:
         )
         await self._quarantine_whole(base, source, reason, detail)
 
-    def _count(self, source: Source, outcome: IngestOutcome, rejected: list[Rejection]) -> None:
-        readings = self._metrics.readings
-        readings.labels(source, "stored", "").inc(outcome.stored)
-        readings.labels(source, "duplicate", "").inc(outcome.duplicates)
+    @staticmethod
+    def _log(outcome: IngestOutcome, rejected: list[Rejection], source: Source) -> None:
+        # The metrics are counted by the committer, when the outcome is known.
         for conflict in outcome.conflicts:
-            readings.labels(source, "quarantined", "conflict").inc()
             log.warning("conflicting reading quarantined", extra={"index": conflict.reading_index})
-        for rejection in rejected:
-            readings.labels(source, "quarantined", rejection.reason).inc()
-        for refused in outcome.refused:
-            readings.labels(source, "quarantined", refused.reason).inc()
         if rejected:
             log.warning(
                 "readings quarantined",

@@ -241,23 +241,38 @@ CREATE UNIQUE INDEX readings_natural_key ON rpm.readings (device_id, metric_id, 
 CREATE INDEX readings_patient_metric_time ON rpm.readings (patient_id, metric_id, measured_at DESC);
 
 -- ---------------------------------------------------------------------------------------------
--- Ingest quarantine: every reading that was received but not stored, with the raw bytes.
+-- Ingest quarantine: every reading that was received but not stored, with why; the raw bytes
+-- of each payload are kept once, in rpm.ingest_payloads, keyed by their SHA-256, so a payload
+-- of many rejected readings is not copied once per reading, and a retried payload's rejected
+-- readings are recognised rather than quarantined again (ingest_quarantine_once).
 -- ---------------------------------------------------------------------------------------------
+CREATE TABLE rpm.ingest_payloads (
+    payload_sha256    bytea PRIMARY KEY CHECK (octet_length(payload_sha256) = 32),
+    raw_payload       bytea NOT NULL,  -- exactly the bytes received
+    first_received_at timestamptz NOT NULL DEFAULT now()
+);
+
 CREATE TABLE rpm.ingest_quarantine (
     quarantine_id   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     received_at     timestamptz NOT NULL DEFAULT now(),
     source          text NOT NULL CHECK (source IN ('http', 'mqtt', 'fhir', 'import')),
     reason          text NOT NULL CHECK (reason ~ '^[a-z][a-z0-9_]*$'),  -- machine-readable
     detail          text NOT NULL,  -- for a person
-    raw_payload     bytea NOT NULL,  -- exactly the bytes received
     reading_index   integer,  -- position of the offending reading, when the payload parsed
     claimed_device  text,  -- device id as the sender claimed it (may be unknown or malformed)
     topic           text,  -- MQTT topic, when it came over MQTT
     created_at      timestamptz NOT NULL DEFAULT now(),
-    batch_id        bigint  -- the ingest batch that quarantined it (lineage)
+    batch_id        bigint,  -- the ingest batch that quarantined it (lineage)
+    payload_sha256  bytea NOT NULL,  -- the payload it came in
+    CONSTRAINT ingest_quarantine_payload
+        FOREIGN KEY (payload_sha256) REFERENCES rpm.ingest_payloads,
+    CONSTRAINT ingest_quarantine_detail_bounded CHECK (length(detail) <= 1000)
 );
 CREATE INDEX ingest_quarantine_received ON rpm.ingest_quarantine (received_at);
 CREATE INDEX ingest_quarantine_reason ON rpm.ingest_quarantine (reason, received_at);
+-- One row per rejected reading of a payload (reading_index NULL: the payload refused whole).
+CREATE UNIQUE INDEX ingest_quarantine_once
+    ON rpm.ingest_quarantine (payload_sha256, reading_index, reason) NULLS NOT DISTINCT;
 
 -- ---------------------------------------------------------------------------------------------
 -- Rollup invalidations. Rows measured before the threshold fall in buckets the refresher already

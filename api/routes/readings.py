@@ -20,8 +20,9 @@ from ingest import (
 
 router = APIRouter(prefix="/v1", tags=["device ingest"])
 
-# An answer after this long is 503; the readings may still commit, and a retry is then
-# recognised as duplicates (the natural key), so retrying is always safe.
+# A request still queued after this long is withdrawn and answered 503: nothing of it is
+# stored. One already in a transaction is answered with that transaction's outcome instead
+# (ingest.committer.GroupCommitter.submit), so a 503 always means "not kept".
 COMMIT_TIMEOUT_S = 10.0
 _STATUS_BY_REASON = {
     "malformed_json": status.HTTP_400_BAD_REQUEST,
@@ -113,7 +114,10 @@ def _problem(code: int, reason: str, detail: str, headers: dict[str, str] | None
             "description": "Too many requests from this device, or too many failed "
             "authentications from this address; retry after Retry-After seconds",
         },
-        503: {"model": Problem, "description": "Buffer full or database unavailable; retry"},
+        503: {
+            "model": Problem,
+            "description": "Buffer full or database unavailable: nothing was stored; retry",
+        },
     },
 )
 async def post_readings(
@@ -160,8 +164,8 @@ async def post_readings(
         return _problem(
             503,
             "database_unavailable",
-            "the readings were not confirmed stored in time; retrying is safe "
-            "(duplicates are recognised)",
+            "nothing of this payload was stored (the database did not take it in time); "
+            "retrying is safe (duplicates are recognised)",
             {"Retry-After": "5"},
         )
     return IngestResult(

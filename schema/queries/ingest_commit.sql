@@ -83,3 +83,24 @@ VALUES ($1, $2, $3, $4, $5, $6, $7);
 
 -- name: synchronous_commit
 SELECT current_setting('synchronous_commit');
+
+-- name: insert_payloads
+-- The raw payloads of the batch's quarantine rows, each kept once: a payload already there (a
+-- retry, or another reading of it quarantined earlier) is not written again.
+INSERT INTO rpm.ingest_payloads (payload_sha256, raw_payload, first_received_at)
+SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::timestamptz[])
+ON CONFLICT (payload_sha256) DO NOTHING;
+
+-- name: insert_quarantine
+-- The batch's quarantine rows (arrays in ingest.outcomes.QUARANTINE_COLUMNS order, but for the
+-- batch's one source and batch id). One statement for the whole batch, as a COPY would be;
+-- not a COPY, because a row already quarantined (the same payload, position and reason: a
+-- retry) must be skipped, not fail the batch. RETURNING says which rows were new.
+INSERT INTO rpm.ingest_quarantine (received_at, source, reason, detail, payload_sha256,
+                                   reading_index, claimed_device, topic, batch_id)
+SELECT received_at, $2, reason, detail, payload_sha256, reading_index, claimed_device, topic, $9
+FROM unnest($1::timestamptz[], $3::text[], $4::text[], $5::bytea[], $6::integer[], $7::text[],
+            $8::text[]) AS r(received_at, reason, detail, payload_sha256, reading_index,
+                             claimed_device, topic)
+ON CONFLICT (payload_sha256, reading_index, reason) DO NOTHING
+RETURNING payload_sha256, reading_index, reason;

@@ -80,6 +80,7 @@ class Ward:
             (row[0], row[1], bytes(row[2]))
             for row in self.owner.execute(
                 "SELECT reason, detail, raw_payload FROM rpm.ingest_quarantine "
+                "JOIN rpm.ingest_payloads USING (payload_sha256) "
                 "ORDER BY quarantine_id"
             ).fetchall()
         ]

@@ -112,7 +112,7 @@ def test_same_key_with_a_different_value_is_quarantined_as_a_conflict(
     ).fetchall() == [(98.0,)]
     quarantined = conn.execute(
         "SELECT reason, reading_index, raw_payload, claimed_device, detail, batch_id "
-        "FROM rpm.ingest_quarantine"
+        "FROM rpm.ingest_quarantine JOIN rpm.ingest_payloads USING (payload_sha256)"
     ).fetchall()
     assert len(quarantined) == 1
     reason, index, raw, claimed, detail, batch_id = quarantined[0]
@@ -178,7 +178,8 @@ def test_validation_rejections_are_quarantined_with_the_raw_payload(
     assert isinstance(outcome, IngestOutcome)
     assert (outcome.stored, outcome.quarantined) == (1, 1)
     assert conn.execute(
-        "SELECT reason, detail, reading_index, raw_payload FROM rpm.ingest_quarantine"
+        "SELECT reason, detail, reading_index, raw_payload FROM rpm.ingest_quarantine "
+        "JOIN rpm.ingest_payloads USING (payload_sha256)"
     ).fetchall() == [("out_of_range", rejected[0].detail, 1, b'{"raw": "payload"}')]
     assert conn.execute("SELECT quarantine_count FROM rpm.ingest_batches").fetchall() == [(1,)]
 
@@ -302,3 +303,19 @@ def test_errors_that_say_nothing_about_the_data_are_retried_not_quarantined(
     assert (outcome.stored, outcome.quarantined, outcome.refused) == (1, 0, ())
     assert count(conn, "readings") == 1
     assert count(conn, "ingest_quarantine") == 0
+
+
+def test_the_buffer_count_returns_to_zero_after_quarantine_only_requests(db_url: str) -> None:
+    """What a request adds to the buffer is what its batch takes off: whole-payload refusals
+    (no readings, one quarantine entry) used to take one more each, loosening the bound."""
+    device = uuid.uuid4()
+    whole = (QuarantineEntry("malformed_json", "not JSON", None),)
+
+    async def body(committer: GroupCommitter) -> int:
+        await asyncio.gather(
+            *(committer.submit(request([], whole)) for _ in range(5)),
+            committer.submit(request([reading(device, 0, 97.0)])),
+        )
+        return committer.pending_rows
+
+    assert run_with_committer(db_url, body) == 0

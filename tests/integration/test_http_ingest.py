@@ -144,6 +144,7 @@ def test_partly_bad_payload_stores_the_good_and_says_why_for_the_rest(ward: Ward
     ]
     quarantined = ward.conn.execute(
         "SELECT reading_index, reason, raw_payload, source FROM rpm.ingest_quarantine "
+        "JOIN rpm.ingest_payloads USING (payload_sha256) "
         "ORDER BY reading_index"
     ).fetchall()
     assert [(q[0], q[1]) for q in quarantined] == [
@@ -188,7 +189,8 @@ def test_unusable_payloads_get_a_clear_error_and_are_quarantined(
     assert response.json()["reason"] == reason
     assert response.json()["detail"]
     quarantined = ward.conn.execute(
-        "SELECT reason, raw_payload, reading_index FROM rpm.ingest_quarantine"
+        "SELECT reason, raw_payload, reading_index FROM rpm.ingest_quarantine "
+        "JOIN rpm.ingest_payloads USING (payload_sha256)"
     ).fetchall()
     assert len(quarantined) == 1
     stored_reason, raw, index = quarantined[0]

@@ -142,7 +142,9 @@ class MqttWard:
 
     def quarantined(self) -> list[tuple[str, bytes, str | None]]:
         return self.conn.execute(
-            "SELECT reason, raw_payload, topic FROM rpm.ingest_quarantine ORDER BY quarantine_id"
+            "SELECT reason, raw_payload, topic FROM rpm.ingest_quarantine "
+            "JOIN rpm.ingest_payloads USING (payload_sha256) "
+            "ORDER BY quarantine_id"
         ).fetchall()
 
 
@@ -416,3 +418,28 @@ def test_a_message_that_keeps_failing_is_quarantined_and_does_not_stall_the_rest
     assert mqtt_ward.stored() == 2
     ((reason, raw, topic),) = mqtt_ward.quarantined()
     assert (reason, raw, topic) == (INGEST_FAILED, poison, f"rpm/v1/devices/{device}/readings")
+
+
+def test_a_redelivered_message_of_bad_readings_is_quarantined_once(mqtt_ward: MqttWard) -> None:
+    """The same message twice (a redelivery, or a device resending it): its valid reading is a
+    duplicate the second time, and its rejected readings are recognised, not quarantined
+    again; the raw bytes are kept once however many readings were rejected."""
+    mqtt_ward.make_ingestor("a").start()
+    device = mqtt_ward.devices[0]
+    message = json.loads(reading_payload(device, 1))
+    unknown = {**message["readings"][0], "metric": "no_such_metric"}
+    message["readings"] += [{**unknown, "value": n} for n in range(50)]
+    payload = json.dumps(message).encode()
+    mqtt_ward.publisher.wait_acked([mqtt_ward.publisher.publish(device, payload)])
+    mqtt_ward.publisher.wait_acked([mqtt_ward.publisher.publish(device, payload)])
+
+    def duplicates() -> int:
+        row = mqtt_ward.conn.execute(
+            "SELECT coalesce(sum(duplicate_count), 0) FROM rpm.ingest_batches"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    wait_until(lambda: duplicates() == 1, "the second copy to be committed")
+    assert mqtt_ward.stored() == 1
+    assert len(mqtt_ward.quarantined()) == 50
+    assert mqtt_ward.conn.execute("SELECT count(*) FROM rpm.ingest_payloads").fetchone() == (1,)

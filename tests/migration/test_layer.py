@@ -108,7 +108,8 @@ def test_layer_waits_for_the_newest_migration(empty_db_url: str) -> None:
 
 
 def test_down_leaves_the_layer_pending_and_up_restores_it(db_url: str) -> None:
-    """Reverting 0013 brings back 0006's scoping functions; `up` brings back the layer's."""
+    """Reverting 0013 (and the migrations after it) brings back 0006's scoping functions; `up`
+    brings back the layer's."""
     definition = (
         "SELECT l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang"
         " WHERE p.proname = 'can_see_patient'"
@@ -116,11 +117,11 @@ def test_down_leaves_the_layer_pending_and_up_restores_it(db_url: str) -> None:
     with _connect(db_url) as conn:
         migrator = Migrator(conn)
         assert conn.execute(definition).fetchone() == ("plpgsql",)
-        migrator.down(2)
+        migrator.down(3)
         assert conn.execute(definition).fetchone() == ("sql",)
         assert migrator.layer_status().status == "pending"
         upgrade = migrator.upgrade()
-        assert [m.version for m in upgrade.migrations] == [13, 14]
+        assert [m.version for m in upgrade.migrations] == [13, 14, 15]
         assert upgrade.layer is not None
         assert conn.execute(definition).fetchone() == ("plpgsql",)
 

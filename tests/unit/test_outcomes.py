@@ -3,15 +3,18 @@ numbered across the whole batch, go back to the request and payload position the
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
 
 from ingest.outcomes import (
+    MAX_DETAIL_CHARS,
     QUARANTINE_COLUMNS,
     BatchTotals,
     Conflict,
     IngestOutcome,
     map_outcomes,
+    recognise_repeats,
 )
 from ingest.requests import IngestRequest, QuarantineEntry
 from ingest.store import ValidatedReading
@@ -63,13 +66,13 @@ def test_rows_not_stored_are_mapped_to_their_request_across_boundaries() -> None
         IngestOutcome(9, stored=0, duplicates=1, conflicts=(), quarantined=0),
     ]
     assert len(rows) == 1
-    row = dict(zip(QUARANTINE_COLUMNS, rows[0], strict=True))
+    row = dict(zip(QUARANTINE_COLUMNS, rows[0].values, strict=True))
     assert row == {
         "received_at": datetime.fromtimestamp(RECEIVED_AT, UTC),
         "source": "mqtt",
         "reason": "conflict",
         "detail": conflict.detail,
-        "raw_payload": b"{}",
+        "payload_sha256": hashlib.sha256(b"{}").digest(),
         "reading_index": 12,
         "claimed_device": str(DEVICE),
         "topic": "rpm/v1/devices/x/readings",
@@ -83,8 +86,27 @@ def test_validation_rejections_are_quarantined_after_conflicts_and_counted() -> 
     requests = [request([1.0], quarantine=(rejected,)), request([], quarantine=(rejected,))]
     outcomes, rows = map_outcomes(requests, 3, [{"seq": 0, "stored_value": 2.0}], source="http")
     assert [(o.stored, o.quarantined) for o in outcomes] == [(0, 2), (0, 1)]
-    assert [(row[2], row[5]) for row in rows] == [
+    assert [(row.entry.reason, row.entry.reading_index) for row in rows] == [
         ("conflict", 0),
         ("implausible", 1),
         ("implausible", 1),
     ]
+
+
+def test_rows_already_quarantined_are_noted_as_repeats_and_one_copy_claims_the_insert() -> None:
+    """The same payload twice in one batch: its rejected reading is inserted once (the first
+    row claims it); the second request's is a repeat, as is one quarantined in an earlier
+    batch (not among the inserted keys at all)."""
+    rejected = QuarantineEntry("unknown_metric", "no such metric", 0)
+    earlier = QuarantineEntry("implausible", "heart rate 900 bpm", 1)
+    requests = [request([], quarantine=(rejected, earlier)), request([], quarantine=(rejected,))]
+    outcomes, rows = map_outcomes(requests, 5, [], source="http")
+    inserted = {rows[0].key}
+    noted = recognise_repeats(outcomes, rows, inserted)
+    assert [o.already_quarantined for o in noted] == [(earlier,), (rejected,)]
+
+
+def test_a_long_detail_is_cut_to_the_bound() -> None:
+    long = QuarantineEntry("invalid_payload", "x" * 5000, None)
+    _, rows = map_outcomes([request([], quarantine=(long,))], 1, [], source="http")
+    assert len(str(rows[0].values[3])) == MAX_DETAIL_CHARS
