@@ -136,6 +136,7 @@ def test_serve_with_several_worker_processes(db_url: str, api_db_url: str, tmp_p
     assert ready["status"] == "ready"
 
 
+@pytest.mark.slow  # rpmstore serve subprocesses
 @pytest.mark.parametrize("role", ["api", "ingest"])
 def test_a_production_role_needs_only_its_own_servers(
     role: str, db_url: str, api_db_url: str, tmp_path: Path
@@ -154,6 +155,7 @@ def test_a_production_role_needs_only_its_own_servers(
     assert not (tmp_path / "no-stack").exists()
 
 
+@pytest.mark.slow  # rpmstore serve subprocesses
 @pytest.mark.parametrize("role", ["all", "api"])
 def test_serve_refuses_to_start_without_a_token_key(
     role: str, db_url: str, api_db_url: str, tmp_path: Path

@@ -24,6 +24,8 @@ from schema.registry import assign_device, register_device, register_patient
 from tests.apphelpers import bearer, make_app
 from tests.conftest import free_port
 
+pytestmark = pytest.mark.slow  # a real uvicorn server driven over raw sockets
+
 # Bounds of the test, not assertions about speed: long enough never to be hit by a server
 # that answers at all.
 _WAIT_S = 60.0

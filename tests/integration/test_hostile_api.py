@@ -23,6 +23,8 @@ from tests.apphelpers import TEST_AUTH, TEST_JWT_SECRET, bearer, make_app
 from tests.integration.test_clinician_access import INSERT_RULE, Ward
 from tests.integration.test_clinician_access import _team as make_team
 
+pytestmark = pytest.mark.slow  # hostile values against every clinician and admin route
+
 ADMIN = "hostile-admin"
 
 

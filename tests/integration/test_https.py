@@ -22,6 +22,8 @@ import pytest
 from rpmstore.localstack.pki import ensure_ca
 from tests.conftest import TestPki, free_port
 
+pytestmark = pytest.mark.slow  # real rpmstore serve processes over TLS
+
 
 @dataclass(frozen=True)
 class HttpsServer:
