@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import jwt
 
+from ingest import json_type
+
 Role = Literal["clinician", "ops", "admin"]
 ROLES: frozenset[str] = frozenset({"clinician", "ops", "admin"})
 # Tokens are short-lived; a little clock skew between the IdP and this host is normal.
@@ -117,18 +119,6 @@ _NUMERIC_DATES = ("exp", "nbf", "iat")
 _STRINGS = ("sub", "iss", "jti")
 
 
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
-
-
 def _check_registered_claims(claims: dict[str, Any]) -> None:
     """Refuse registered claims of the wrong JSON type (HTTP 401)."""
     for name in _NUMERIC_DATES:
@@ -137,12 +127,12 @@ def _check_registered_claims(claims: dict[str, Any]) -> None:
             if type(value) not in (int, float) or not math.isfinite(value):
                 raise AuthError(
                     f"the token's {name} claim must be a NumericDate (seconds since the epoch, "
-                    f"a JSON number), got {_json_type(value)}"
+                    f"a JSON number), got {json_type(value)}"
                 )
     for name in _STRINGS:
         if name in claims and type(claims[name]) is not str:
             raise AuthError(
-                f"the token's {name} claim must be a string, got {_json_type(claims[name])}"
+                f"the token's {name} claim must be a string, got {json_type(claims[name])}"
             )
     audience = claims.get("aud")
     if not (
@@ -151,7 +141,7 @@ def _check_registered_claims(claims: dict[str, Any]) -> None:
     ):
         raise AuthError(
             "the token's aud claim must be a string or a non-empty array of strings, "
-            f"got {_json_type(audience)}"
+            f"got {json_type(audience)}"
         )
 
 

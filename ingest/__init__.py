@@ -9,7 +9,7 @@ from ingest.payload import MAX_PAYLOAD_BYTES
 from ingest.runtime import IngestLimits, IngestRuntime, open_ingest_runtime
 from ingest.series import touched_ranges
 from ingest.service import IngestReport, PayloadRejectedError, RejectedReading
-from ingest.strict_json import DuplicateMemberError, loads_strict
+from ingest.strict_json import DuplicateMemberError, json_type, loads_strict
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
@@ -21,6 +21,7 @@ __all__ = [
     "IngestRuntime",
     "PayloadRejectedError",
     "RejectedReading",
+    "json_type",
     "loads_strict",
     "open_ingest_runtime",
     "touched_ranges",

@@ -93,7 +93,7 @@ import numpy.typing as npt
 import orjson
 
 from ingest.rfc3339 import parse_rfc3339_column
-from ingest.strict_json import DuplicateMemberError, loads_strict
+from ingest.strict_json import DuplicateMemberError, json_type, loads_strict
 
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_READINGS_PER_PAYLOAD = 1000
@@ -366,7 +366,7 @@ def _check_document(document: Any, *, require_device_id: bool) -> DecodedPayload
     if type(document) is not dict:
         raise PayloadError(
             "invalid_payload",
-            f"payload must be a JSON object with a 'readings' array, got {_json_type(document)}",
+            f"payload must be a JSON object with a 'readings' array, got {json_type(document)}",
         )
     device_id = _decode_device_id(document.get("device_id"), required=require_device_id)
     readings = document.get("readings")
@@ -374,7 +374,7 @@ def _check_document(document: Any, *, require_device_id: bool) -> DecodedPayload
         raise PayloadError("invalid_payload", "payload has no 'readings' array")
     if type(readings) is not list:
         raise PayloadError(
-            "invalid_payload", f"'readings' must be an array, got {_json_type(readings)}"
+            "invalid_payload", f"'readings' must be an array, got {json_type(readings)}"
         )
     if not readings:
         raise PayloadError(
@@ -730,23 +730,9 @@ def _problem(where: str, member: str, item: dict[str, Any], expected: str) -> st
     return f"{where}.{member} must be {expected}, got {_show(item[member])}"
 
 
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
-
-
 def _show(value: object, limit: int = 60) -> str:
     """The JSON type and, for scalars, a short JSON rendering (ASCII-only: safe for any column)."""
-    kind = _json_type(value)
+    kind = json_type(value)
     if kind == "null":
         return kind
     if kind in ("array", "object"):

@@ -39,3 +39,16 @@ def unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def loads_strict(text: str | bytes, *, parse_constant: Callable[[str], Any] | None = None) -> Any:
     """``json.loads`` that raises :class:`DuplicateMemberError` for a repeated member."""
     return json.loads(text, object_pairs_hook=unique_members, parse_constant=parse_constant)
+
+
+def json_type(value: object) -> str:
+    """The JSON type name of a decoded value, for error messages that say what was sent."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
