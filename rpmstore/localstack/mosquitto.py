@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -204,13 +205,20 @@ class MosquittoInstance:
                 f"mosquitto exited with status {launched.returncode}: "
                 f"{launched.stderr.strip()} {self._log_tail()}"
             )
+        # Every listener of the written config, not just the plain one: mosquitto opens them one
+        # after another, and a client of the TLS listeners must not be refused right after start.
+        ports = self._configured_ports()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if _port_open(self.port) and self.is_running():
+            if all(_port_open(port) for port in ports) and self.is_running():
                 log.info("mosquitto started", extra={"instance": self.name, "port": self.port})
                 return
             time.sleep(0.05)
-        raise StackUnavailableError(f"mosquitto did not open port {self.port}: {self._log_tail()}")
+        raise StackUnavailableError(f"mosquitto did not open ports {ports}: {self._log_tail()}")
+
+    def _configured_ports(self) -> list[int]:
+        config = self.root.host_path(f"{self._dir}/mosquitto.conf").read_text()
+        return [int(port) for port in _LISTENER.findall(config)] or [self.port]
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         """Stop the broker (SIGTERM saves its persistence file; SIGKILL simulates a crash)."""
@@ -242,6 +250,9 @@ def _password_file(passwords: dict[str, str], device_accounts: Sequence[tuple[st
     lines = [f"{user}:{mosquitto_password_hash(secret)}" for user, secret in passwords.items()]
     lines += [f"{device}:{password_hash}" for device, password_hash in device_accounts]
     return "".join(f"{line}\n" for line in lines)
+
+
+_LISTENER = re.compile(r"^listener (\d+) ", re.MULTILINE)
 
 
 def _port_open(port: int) -> bool:
