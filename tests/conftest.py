@@ -17,7 +17,6 @@ process a test starts verifies the tokens the tests sign.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import re
 import secrets
@@ -59,22 +58,6 @@ def jwt_secret_in_environment() -> Iterator[str]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RPMSTORE_JWT_SECRET", TEST_JWT_SECRET)
         yield TEST_JWT_SECRET
-
-
-@pytest.fixture(autouse=True)
-def root_log_handlers_restored() -> Iterator[None]:
-    """A test that runs ``rpmstore.cli.main`` installs a handler on the stderr of that moment
-    (pytest's capture, closed when the test ends); put the root handlers back afterwards, so a
-    thread that outlives the test does not log into a closed file."""
-    root = logging.getLogger()
-    before, level = set(root.handlers), root.level
-    yield
-    # Only plain stream handlers the test added: pytest's own capture handlers come and go
-    # with each test phase and must be left to it.
-    for handler in root.handlers[:]:
-        if handler not in before and type(handler) is logging.StreamHandler:
-            root.removeHandler(handler)
-    root.setLevel(level)
 
 
 def free_port() -> int:
