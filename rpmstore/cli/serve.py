@@ -46,36 +46,26 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from rpmstore.asgi import app_settings
 
     role = args.role or settings.serve_role
+    # Checked once, before any worker starts: no database or no safe auth fails here.
+    checked = app_settings(settings, role)
+    certfile, keyfile = https_files(settings, args.host)
+    # One set of server options for both ways of running, so they cannot drift apart.
+    server_options = {
+        "host": args.host,
+        "port": args.port,
+        "log_config": None,
+        "access_log": False,
+        "ssl_certfile": certfile,
+        "ssl_keyfile": keyfile,
+    }
     if args.workers > 1:
         # Separate processes (one group committer each) use more than one core for decoding
-        # and validation; they find the database the same way this process does.
-        app_settings(settings, role)  # fail here, once, if there is no database or no safe auth
-        certfile, keyfile = https_files(settings, args.host)
-        # The workers read their settings from the environment they inherit.
+        # and validation; they read their settings from the environment they inherit and find
+        # the database the same way this process does.
         os.environ["RPMSTORE_SERVE_ROLE"] = role
-        uvicorn.run(
-            "rpmstore.asgi:app",
-            factory=True,
-            workers=args.workers,
-            host=args.host,
-            port=args.port,
-            log_config=None,
-            access_log=False,
-            ssl_certfile=certfile,
-            ssl_keyfile=keyfile,
-        )
-        return 0
-    app = create_app(**app_settings(settings, role))
-    certfile, keyfile = https_files(settings, args.host)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        ssl_certfile=certfile,
-        ssl_keyfile=keyfile,
-    )
+        uvicorn.run("rpmstore.asgi:app", factory=True, workers=args.workers, **server_options)
+    else:
+        uvicorn.run(create_app(**checked), **server_options)
     return 0
 
 
